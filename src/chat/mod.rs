@@ -1,0 +1,183 @@
+//! Domain logic: accounts, 1:1 chat, sync and history. Nothing here knows
+//! about sockets or mio.
+//!
+//! Shards turn frames into [`WriterRequest`]s, [`ReaderJob`]s and [`HashJob`]s;
+//! the storage writer, the readers and the hashers answer with
+//! [`ShardEvent`]s posted through a [`ShardSink`], which the server implements
+//! with per-shard inboxes and mio wakers.
+//!
+//! - `writer`: the single owner of seqs, ids and routing; group commit.
+//! - `reader`: sync and history, off the shard threads.
+//! - `accounts`: password hashing and login throttling, off the shard threads.
+//! - `validate`: field rules for bodies coming from clients.
+
+pub mod accounts;
+pub mod frames;
+pub mod reader;
+pub mod validate;
+pub mod writer;
+
+use bytes::Bytes;
+
+use crate::protocol::{ConversationId, History, Send, Seq, SyncCursor, UserId, UserKey};
+
+pub use accounts::HashJob;
+
+/// A connection somewhere in the server: its shard and its slot token (which
+/// carries a generation, so a stale reference to a reused slot is ignored).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnRef {
+    pub shard: u16,
+    pub token: u64,
+}
+
+/// Where the answer to a request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub conn: ConnRef,
+    pub request_id: u32,
+}
+
+/// Work for a shard, produced by the writer, the readers and the hashers.
+/// Frames are encoded once, in plaintext, with their request id; the shard
+/// reseals them when the connection uses a payload cipher.
+#[derive(Debug)]
+pub enum ShardEvent {
+    /// A response or error: always written.
+    Frame { conn: ConnRef, frame: Bytes },
+    /// A push of a stored message: held during a sync, dropped (and caught up
+    /// later from storage) when the connection is behind.
+    Deliver {
+        conn: ConnRef,
+        conversation_id: ConversationId,
+        seq: Seq,
+        frame: Bytes,
+    },
+    /// Login or resume succeeded: the connection is now this user's device.
+    Authenticated {
+        conn: ConnRef,
+        user_id: UserId,
+        frame: Bytes,
+    },
+    /// Register finished, or login/resume failed, or logout: the connection is
+    /// (again) unauthenticated.
+    Unauthenticated { conn: ConnRef, frame: Bytes },
+    /// A sync job wrote its pages; `more` when it stopped early to let the
+    /// connection drain and should be continued from `cursors`.
+    SyncDone {
+        conn: ConnRef,
+        request_id: u32,
+        cursors: Vec<SyncCursor>,
+        more: bool,
+        /// The job failed and already sent an error: end the sync without a
+        /// `sync_end`, releasing held pushes.
+        failed: bool,
+    },
+    /// Write `frame` (a going-away) and close.
+    Close { conn: ConnRef, frame: Bytes },
+    /// Stop: going-away to everyone, flush, exit the loop.
+    Shutdown,
+}
+
+impl ShardEvent {
+    pub fn shard(&self) -> Option<u16> {
+        match self {
+            ShardEvent::Frame { conn, .. }
+            | ShardEvent::Deliver { conn, .. }
+            | ShardEvent::Authenticated { conn, .. }
+            | ShardEvent::Unauthenticated { conn, .. }
+            | ShardEvent::SyncDone { conn, .. }
+            | ShardEvent::Close { conn, .. } => Some(conn.shard),
+            ShardEvent::Shutdown => None,
+        }
+    }
+}
+
+/// How the domain side reaches the shards.
+pub trait ShardSink: std::marker::Send + Sync {
+    /// Appends events to each shard's inbox and wakes the shards concerned.
+    fn post(&self, events: Vec<ShardEvent>);
+}
+
+/// Requests to the storage writer, in arrival order.
+#[derive(Debug)]
+pub enum WriterRequest {
+    Register {
+        reply: Reply,
+        username: String,
+        password_hash: String,
+    },
+    /// The password checked out (on a hasher thread): create a session.
+    OpenSession {
+        reply: Reply,
+        user_id: UserId,
+        device_id: String,
+        token: [u8; 32],
+    },
+    Resume {
+        reply: Reply,
+        token: Vec<u8>,
+        device_id: String,
+    },
+    Logout {
+        reply: Reply,
+        user_id: UserId,
+    },
+    /// The connection is gone: stop routing to it.
+    Disconnected {
+        conn: ConnRef,
+        user_id: UserId,
+    },
+    Send {
+        reply: Reply,
+        user_id: UserId,
+        send: Box<Send>,
+    },
+    DeliveryAck {
+        reply: Reply,
+        user_id: UserId,
+        conversation_id: ConversationId,
+        seq: Seq,
+    },
+    ReadAck {
+        reply: Reply,
+        user_id: UserId,
+        conversation_id: ConversationId,
+        seq: Seq,
+        /// false for `mark_read`: move the cursor, send no receipt.
+        receipt: bool,
+    },
+    UserLookup {
+        reply: Reply,
+        users: Vec<UserKey>,
+    },
+    /// Commit what is pending and exit.
+    Shutdown,
+}
+
+/// Reads that may touch disk, run on reader threads.
+#[derive(Debug)]
+pub enum ReaderJob {
+    Sync {
+        reply: Reply,
+        user_id: UserId,
+        cursors: Vec<SyncCursor>,
+        /// Only the listed conversations (a slow consumer's catch-up), rather
+        /// than every conversation of the user.
+        only_listed: bool,
+        page_messages_max: u32,
+    },
+    History {
+        reply: Reply,
+        user_id: UserId,
+        history: History,
+    },
+    Shutdown,
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,335 @@
+//! Sync and history: reads that may touch disk, on reader threads so a long
+//! scan never stalls a shard's other connections.
+//!
+//! Pages are assembled from the stored bytes of each message without decoding
+//! them: a page is a length prefix followed by stored messages, which is
+//! exactly the encoding of `Vec<Message>`. A sync job writes at most
+//! `pages_per_job` pages and then reports where it stopped, so the shard can
+//! let the connection drain before continuing (memory stays bounded however
+//! far behind a device is).
+
+use std::collections::HashMap;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+
+use super::{frames, ReaderJob, Reply, ShardEvent, ShardSink};
+use crate::protocol::body_codec;
+use crate::protocol::cipher::NoCipher;
+use crate::protocol::frame::{self, VERSION_MAX};
+use crate::protocol::*;
+use crate::store::{Store, StoreError};
+
+#[derive(Clone, Debug)]
+pub struct ReaderConfig {
+    /// Messages per page when the client asks for 0 or more.
+    pub page_messages_max: u32,
+    /// Bytes of stored messages per page; kept well below the payload limit.
+    pub page_bytes_max: usize,
+    /// Pages one sync job writes before yielding to let the connection drain.
+    pub pages_per_job: usize,
+}
+
+impl Default for ReaderConfig {
+    fn default() -> Self {
+        ReaderConfig {
+            page_messages_max: crate::limits::PAGE_MESSAGES_MAX,
+            page_bytes_max: crate::limits::PAYLOAD_LEN_DEFAULT as usize / 2,
+            pages_per_job: 16,
+        }
+    }
+}
+
+pub struct Reader {
+    store: Store,
+    sink: Arc<dyn ShardSink>,
+    config: ReaderConfig,
+}
+
+/// A page being filled: the stored bytes of its messages.
+struct Page {
+    items: BytesMut,
+    count: usize,
+}
+
+impl Page {
+    fn new() -> Page {
+        Page {
+            items: BytesMut::new(),
+            count: 0,
+        }
+    }
+
+    fn push(&mut self, stored: &[u8]) {
+        self.items.extend_from_slice(stored);
+        self.count += 1;
+    }
+
+    /// The payload: a length prefix, then the messages, then `trailer`.
+    fn payload(&self, trailer: Option<bool>) -> Result<BytesMut, body_codec::BodyError> {
+        let mut out = BytesMut::with_capacity(self.items.len() + 10);
+        body_codec::encode_len(self.count, &mut out)?;
+        out.extend_from_slice(&self.items);
+        if let Some(more) = trailer {
+            body_codec::encode_bool(more, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+fn page_frame(request_id: u32, command: Command, page: &Page, trailer: Option<bool>) -> Bytes {
+    let mut out = BytesMut::new();
+    let result = page.payload(trailer).map_err(frame::EncodeError::from).and_then(|payload| {
+        frame::encode_raw_frame(
+            &mut out,
+            VERSION_MAX,
+            request_id,
+            command as u16,
+            &payload,
+            &mut NoCipher,
+            crate::limits::PAYLOAD_LEN_CEILING,
+        )
+    });
+    match result {
+        Ok(()) => out.freeze(),
+        Err(e) => {
+            log::error!("cannot frame a {}: {e}", command.name());
+            frames::error(request_id, StatusCode::Internal, "page could not be encoded", false)
+        }
+    }
+}
+
+enum Refusal {
+    Status(StatusCode, &'static str),
+    Store(StoreError),
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::Store(e)
+    }
+}
+
+impl Reader {
+    pub fn new(store: Store, sink: Arc<dyn ShardSink>, config: ReaderConfig) -> Reader {
+        Reader { store, sink, config }
+    }
+
+    /// Runs `threads` reader threads sharing one job queue.
+    pub fn spawn(self: Arc<Self>, threads: usize, jobs: Receiver<ReaderJob>) -> Vec<std::thread::JoinHandle<()>> {
+        let jobs = Arc::new(Mutex::new(jobs));
+        (0..threads)
+            .map(|i| {
+                let reader = self.clone();
+                let jobs = jobs.clone();
+                std::thread::Builder::new()
+                    .name(format!("gust-reader-{i}"))
+                    .spawn(move || loop {
+                        let job = match jobs.lock() {
+                            Ok(receiver) => receiver.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(ReaderJob::Shutdown) | Err(_) => return,
+                            Ok(job) => reader.handle(job),
+                        }
+                    })
+                    .unwrap_or_else(|e| panic!("cannot start a reader thread: {e}"))
+            })
+            .collect()
+    }
+
+    pub fn handle(&self, job: ReaderJob) {
+        let (reply, result) = match job {
+            ReaderJob::Sync {
+                reply,
+                user_id,
+                cursors,
+                only_listed,
+                page_messages_max,
+            } => (reply, self.sync(reply, user_id, cursors, only_listed, page_messages_max)),
+            ReaderJob::History { reply, user_id, history } => (reply, self.history(reply, user_id, history)),
+            ReaderJob::Shutdown => return,
+        };
+        if let Err(refusal) = result {
+            let (code, message) = match refusal {
+                Refusal::Status(code, message) => (code, message),
+                Refusal::Store(e) => {
+                    log::error!("store read failed: {e}");
+                    (StatusCode::StorageUnavailable, "store unavailable")
+                }
+            };
+            let mut events = vec![ShardEvent::Frame {
+                conn: reply.conn,
+                frame: frames::error(reply.request_id, code, message, false),
+            }];
+            if matches!(code, StatusCode::StorageUnavailable) {
+                // A sync that failed still ends, so the shard stops holding pushes.
+                events.push(ShardEvent::SyncDone {
+                    conn: reply.conn,
+                    request_id: reply.request_id,
+                    cursors: Vec::new(),
+                    more: false,
+                    failed: true,
+                });
+            }
+            self.sink.post(events);
+        }
+    }
+
+    fn page_limit(&self, asked: u32) -> usize {
+        match asked {
+            0 => self.config.page_messages_max as usize,
+            n => n.min(self.config.page_messages_max) as usize,
+        }
+    }
+
+    fn sync(
+        &self,
+        reply: Reply,
+        user_id: UserId,
+        cursors: Vec<SyncCursor>,
+        only_listed: bool,
+        page_messages_max: u32,
+    ) -> Result<(), Refusal> {
+        let page_limit = self.page_limit(page_messages_max);
+        let asked: HashMap<ConversationId, Seq> = cursors.iter().map(|c| (c.conversation_id, c.seq)).collect();
+        let conversations: Vec<(ConversationId, Seq)> = if only_listed {
+            let mut listed = Vec::with_capacity(cursors.len());
+            for cursor in &cursors {
+                if self.store.member(user_id, cursor.conversation_id)?.is_some() {
+                    listed.push((cursor.conversation_id, cursor.seq));
+                }
+            }
+            listed
+        } else {
+            self.store
+                .memberships(user_id)?
+                .into_iter()
+                .map(|(id, member)| (id, asked.get(&id).copied().unwrap_or(member.delivered_seq)))
+                .collect()
+        };
+
+        let mut events = Vec::new();
+        let mut page = Page::new();
+        let mut pages = 0usize;
+        let mut stopped = false;
+        let mut end = Vec::with_capacity(conversations.len());
+        for (conversation_id, after) in conversations {
+            let mut last = after;
+            if stopped {
+                end.push(SyncCursor {
+                    conversation_id,
+                    seq: last,
+                });
+                continue;
+            }
+            let result = self.store.scan_messages(conversation_id, after.saturating_add(1), Seq::MAX, |seq, stored| {
+                page.push(stored);
+                last = seq;
+                if page.count >= page_limit || page.items.len() >= self.config.page_bytes_max {
+                    events.push(ShardEvent::Frame {
+                        conn: reply.conn,
+                        frame: page_frame(reply.request_id, Command::SyncPage, &page, None),
+                    });
+                    page = Page::new();
+                    pages += 1;
+                    if pages >= self.config.pages_per_job {
+                        stopped = true;
+                        return false;
+                    }
+                }
+                true
+            });
+            end.push(SyncCursor {
+                conversation_id,
+                seq: last,
+            });
+            result?;
+        }
+        if page.count > 0 {
+            events.push(ShardEvent::Frame {
+                conn: reply.conn,
+                frame: page_frame(reply.request_id, Command::SyncPage, &page, None),
+            });
+        }
+        events.push(ShardEvent::SyncDone {
+            conn: reply.conn,
+            request_id: reply.request_id,
+            cursors: end,
+            more: stopped,
+            failed: false,
+        });
+        self.sink.post(events);
+        Ok(())
+    }
+
+    fn history(&self, reply: Reply, user_id: UserId, history: History) -> Result<(), Refusal> {
+        let conversation_id = history.conversation_id;
+        let Some(conversation) = self.store.conversation(conversation_id)? else {
+            return Err(Refusal::Status(StatusCode::NotFound, "no such conversation"));
+        };
+        if self.store.member(user_id, conversation_id)?.is_none() {
+            return Err(Refusal::Status(StatusCode::Forbidden, "not a member of this conversation"));
+        }
+        let limit = self.page_limit(history.limit);
+        let last_seq = conversation.last_seq;
+        let (forward, bound) = match history.anchor {
+            HistoryAnchor::AfterSeq(seq) => (true, seq),
+            HistoryAnchor::BeforeSeq(seq) => (false, seq),
+            HistoryAnchor::AfterTime(time) => (true, self.first_seq_at_or_after(conversation_id, last_seq, time)? - 1),
+            HistoryAnchor::BeforeTime(time) => (false, self.first_seq_at_or_after(conversation_id, last_seq, time)?),
+        };
+        let mut stored: Vec<Bytes> = Vec::with_capacity(limit + 1);
+        let mut collect = |_: Seq, bytes: &[u8]| {
+            stored.push(Bytes::copy_from_slice(bytes));
+            stored.len() <= limit
+        };
+        if forward {
+            self.store.scan_messages(conversation_id, bound.saturating_add(1), last_seq, &mut collect)?;
+        } else if bound > 1 {
+            self.store.scan_messages_back(conversation_id, 1, bound - 1, &mut collect)?;
+        }
+        let more = stored.len() > limit;
+        stored.truncate(limit);
+        if !forward {
+            stored.reverse();
+        }
+        let mut page = Page::new();
+        for bytes in &stored {
+            page.push(bytes);
+        }
+        self.sink.post(vec![ShardEvent::Frame {
+            conn: reply.conn,
+            frame: page_frame(reply.request_id, Command::HistoryPage, &page, Some(more)),
+        }]);
+        Ok(())
+    }
+
+    /// The first seq whose server time is >= `time`, or `last_seq + 1`. Times
+    /// never decrease within a conversation, so a binary search over seqs
+    /// needs no time index: about log2(n) point reads.
+    fn first_seq_at_or_after(&self, conversation_id: ConversationId, last_seq: Seq, time: u64) -> Result<Seq, Refusal> {
+        let (mut low, mut high) = (1u64, last_seq.saturating_add(1));
+        while low < high {
+            let middle = low + (high - low) / 2;
+            let at = match self.store.message(conversation_id, middle)? {
+                Some(bytes) => match body_codec::decode::<Message>(&bytes) {
+                    Ok(message) => message.server_time_ms,
+                    Err(e) => {
+                        log::error!("stored message {conversation_id}/{middle} does not decode: {e}");
+                        return Err(Refusal::Status(StatusCode::Internal, "stored message is corrupt"));
+                    }
+                },
+                None => return Err(Refusal::Status(StatusCode::Internal, "gap in the message log")),
+            };
+            if at >= time {
+                high = middle;
+            } else {
+                low = middle + 1;
+            }
+        }
+        Ok(low)
+    }
+}

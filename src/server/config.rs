@@ -1,0 +1,224 @@
+//! gustd's configuration: flags, their defaults, and validation before start.
+//!
+//! Every operational limit is here or in `crate::limits` (which holds the
+//! protocol's fixed bounds and the ceilings this configuration is checked
+//! against).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use argh::FromArgs;
+
+use crate::chat::accounts::AccountsConfig;
+use crate::chat::reader::ReaderConfig;
+use crate::chat::writer::WriterConfig;
+use crate::limits;
+use crate::protocol::cipher::PSK_LEN;
+use crate::store::Durability;
+
+/// gustd: the gust instant-messaging server.
+#[derive(FromArgs, Debug)]
+pub struct Flags {
+    /// address to listen on (default 127.0.0.1:7700)
+    #[argh(option, default = "\"127.0.0.1:7700\".parse().expect(\"valid default\")")]
+    pub listen: SocketAddr,
+
+    /// directory of the RocksDB store, created if missing (default ./gust-data)
+    #[argh(option, default = "PathBuf::from(\"gust-data\")")]
+    pub data_dir: PathBuf,
+
+    /// event-loop threads, each owning its connections (default: one per core)
+    #[argh(option)]
+    pub shards: Option<usize>,
+
+    /// "sync": fsync the WAL before acking (survives power loss; default);
+    /// "buffered": ack once the WAL is in the page cache (survives kill -9,
+    /// not power loss)
+    #[argh(option, default = "String::from(\"sync\")")]
+    pub durability: String,
+
+    /// log level: error, warn, info, debug or trace (default info)
+    #[argh(option, default = "String::from(\"info\")")]
+    pub log_level: String,
+
+    /// file holding the 32-byte pre-shared key that enables the
+    /// chacha20-poly1305 payload cipher (raw or 64 hex digits)
+    #[argh(option)]
+    pub psk_file: Option<PathBuf>,
+
+    /// most open connections across all shards (default 1,000,000)
+    #[argh(option, default = "1_000_000")]
+    pub max_connections: usize,
+
+    /// seconds a connection has to finish hello and login (default 10)
+    #[argh(option, default = "10")]
+    pub handshake_timeout_secs: u64,
+
+    /// seconds without a whole frame before a connection is closed (default 60)
+    #[argh(option, default = "60")]
+    pub idle_timeout_secs: u64,
+
+    /// bytes queued to one connection before it is marked behind and catches
+    /// up from storage instead (default 262144)
+    #[argh(option, default = "256 * 1024")]
+    pub send_queue_bytes_max: usize,
+
+    /// largest frame payload accepted from clients (default 1048576)
+    #[argh(option, default = "limits::PAYLOAD_LEN_DEFAULT")]
+    pub payload_len_max: u32,
+
+    /// argon2id memory cost in KiB (default 19456, OWASP's minimum)
+    #[argh(option, default = "19_456")]
+    pub argon2_memory_kib: u32,
+
+    /// argon2id iterations (default 2)
+    #[argh(option, default = "2")]
+    pub argon2_iterations: u32,
+
+    /// failed logins per username or address within a minute before further
+    /// attempts are refused (default 5)
+    #[argh(option, default = "5")]
+    pub login_failures_max: u32,
+
+    /// password-hashing threads (default: one per core)
+    #[argh(option)]
+    pub hashers: Option<usize>,
+
+    /// threads serving sync and history reads (default 2)
+    #[argh(option, default = "2")]
+    pub readers: usize,
+
+    /// requests the storage writer groups into one commit (default 4096)
+    #[argh(option, default = "4096")]
+    pub batch_requests_max: usize,
+
+    /// print the version and exit
+    #[argh(switch)]
+    pub version: bool,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub shards: usize,
+    pub durability: Durability,
+    pub log_level: log::LevelFilter,
+    pub psk: Option<[u8; PSK_LEN]>,
+    pub max_connections: usize,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub send_queue_bytes_max: usize,
+    pub payload_len_max: u32,
+    pub hashers: usize,
+    pub readers: usize,
+    pub accounts: AccountsConfig,
+    pub writer: WriterConfig,
+    pub reader: ReaderConfig,
+}
+
+/// Connections one shard may hold is `max_connections / shards`; the slab
+/// index of a token is 32 bits.
+const CONNECTIONS_CEILING: usize = u32::MAX as usize;
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+impl Config {
+    pub fn from_flags(flags: Flags) -> Result<Config, String> {
+        let durability = match flags.durability.as_str() {
+            "sync" => Durability::Sync,
+            "buffered" => Durability::Buffered,
+            other => return Err(format!("--durability must be sync or buffered, not {other:?}")),
+        };
+        let log_level = flags
+            .log_level
+            .parse::<log::LevelFilter>()
+            .map_err(|_| format!("--log-level {:?} is not a level", flags.log_level))?;
+        let psk = match &flags.psk_file {
+            None => None,
+            Some(path) => Some(read_psk(path)?),
+        };
+        let shards = flags.shards.unwrap_or_else(cores);
+        if shards == 0 || shards > 1024 {
+            return Err("--shards must be between 1 and 1024".into());
+        }
+        if flags.max_connections == 0 || flags.max_connections > CONNECTIONS_CEILING {
+            return Err("--max-connections out of range".into());
+        }
+        if !(limits::PAYLOAD_LEN_FLOOR..=limits::PAYLOAD_LEN_CEILING).contains(&flags.payload_len_max) {
+            return Err(format!(
+                "--payload-len-max must be between {} and {}",
+                limits::PAYLOAD_LEN_FLOOR,
+                limits::PAYLOAD_LEN_CEILING
+            ));
+        }
+        if flags.handshake_timeout_secs == 0 || flags.idle_timeout_secs == 0 {
+            return Err("timeouts must be at least one second".into());
+        }
+        if flags.idle_timeout_secs > 24 * 3600 || flags.handshake_timeout_secs > 3600 {
+            return Err("timeouts are capped at a day (idle) and an hour (handshake)".into());
+        }
+        if flags.send_queue_bytes_max < 64 * 1024 {
+            return Err("--send-queue-bytes-max must be at least 65536 (a sync page must fit)".into());
+        }
+        if flags.argon2_memory_kib < 8 || flags.argon2_iterations == 0 {
+            return Err("argon2 costs too low".into());
+        }
+        if flags.readers == 0 || flags.batch_requests_max == 0 {
+            return Err("--readers and --batch-requests-max must be at least 1".into());
+        }
+        let hashers = flags.hashers.unwrap_or_else(cores).max(1);
+        Ok(Config {
+            listen: flags.listen,
+            data_dir: flags.data_dir,
+            shards,
+            durability,
+            log_level,
+            psk,
+            max_connections: flags.max_connections,
+            handshake_timeout: Duration::from_secs(flags.handshake_timeout_secs),
+            idle_timeout: Duration::from_secs(flags.idle_timeout_secs),
+            send_queue_bytes_max: flags.send_queue_bytes_max,
+            payload_len_max: flags.payload_len_max,
+            hashers,
+            readers: flags.readers,
+            accounts: AccountsConfig {
+                argon2_memory_kib: flags.argon2_memory_kib,
+                argon2_iterations: flags.argon2_iterations,
+                login_failures_max: flags.login_failures_max,
+                login_failure_window: Duration::from_secs(60),
+            },
+            writer: WriterConfig {
+                batch_requests_max: flags.batch_requests_max,
+                ..WriterConfig::default()
+            },
+            reader: ReaderConfig {
+                // Pages stay well inside what the client accepts.
+                page_bytes_max: (limits::PAYLOAD_LEN_DEFAULT as usize / 2).min(flags.send_queue_bytes_max / 4),
+                ..ReaderConfig::default()
+            },
+        })
+    }
+}
+
+fn read_psk(path: &std::path::Path) -> Result<[u8; PSK_LEN], String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = String::from_utf8_lossy(&bytes);
+    let trimmed = text.trim();
+    let mut key = [0u8; PSK_LEN];
+    if trimmed.len() == PSK_LEN * 2 && trimmed.chars().all(|c| c.is_ascii_hexdigit()) {
+        for (i, byte) in key.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&trimmed[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+        }
+        return Ok(key);
+    }
+    if bytes.len() == PSK_LEN {
+        key.copy_from_slice(&bytes);
+        return Ok(key);
+    }
+    Err(format!("{} must hold 32 raw bytes or 64 hex digits", path.display()))
+}

@@ -1,0 +1,180 @@
+//! gustd: wires the shards, the storage writer, the readers and the hashers
+//! together, and shuts them down in order.
+//!
+//! Threads: `shards` event loops (one SO_REUSEPORT listener each, so the
+//! kernel spreads accepted connections without a hand-off), one storage
+//! writer, `readers` reader threads and `hashers` hasher threads. See
+//! ARCHITECTURE.md for the path of one message.
+
+pub mod config;
+pub mod connection;
+pub mod logging;
+pub mod shard;
+pub mod timer;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use mio::Poll;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::chat::accounts::Accounts;
+use crate::chat::reader::Reader;
+use crate::chat::writer::Writer;
+use crate::chat::{HashJob, ReaderJob, ShardEvent, ShardSink, WriterRequest};
+use crate::store::Store;
+use config::Config;
+use shard::{Inbox, Inboxes, Shard, Shared};
+
+/// Listen backlog per shard: a connect storm beyond it gets resets, so it is
+/// as large as the kernel allows by default (somaxconn caps it).
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// A running server.
+pub struct Server {
+    local_addr: SocketAddr,
+    store: Store,
+    shared: Arc<Shared>,
+    inboxes: Arc<Inboxes>,
+    shards: Vec<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+    readers: Vec<JoinHandle<()>>,
+    hashers: Vec<JoinHandle<()>>,
+    writer_tx: mpsc::Sender<WriterRequest>,
+    readers_tx: mpsc::Sender<ReaderJob>,
+    hashers_tx: mpsc::Sender<HashJob>,
+}
+
+fn listener(addr: SocketAddr) -> std::io::Result<mio::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(mio::net::TcpListener::from_std(socket.into()))
+}
+
+impl Server {
+    /// Opens the store, binds the listeners and starts every thread.
+    pub fn start(config: Config) -> Result<Server, String> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
+        let store = Store::open(&config.data_dir, config.durability)
+            .map_err(|e| format!("cannot open the store in {}: {e}", config.data_dir.display()))?;
+
+        // Bind every shard's listener first: the first bind fixes the port
+        // when 0 was asked for, the others share it through SO_REUSEPORT.
+        let mut polls = Vec::new();
+        let mut listeners = Vec::new();
+        let mut addr = config.listen;
+        for _ in 0..config.shards {
+            let listener = listener(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+            addr = listener.local_addr().map_err(|e| e.to_string())?;
+            listeners.push(listener);
+            polls.push(Poll::new().map_err(|e| format!("cannot create a poll: {e}"))?);
+        }
+        let mut inboxes = Vec::new();
+        for poll in &polls {
+            inboxes.push(Arc::new(Inbox::new(poll).map_err(|e| format!("cannot create a waker: {e}"))?));
+        }
+        let inboxes = Arc::new(Inboxes(inboxes));
+        let sink: Arc<dyn ShardSink> = inboxes.clone();
+
+        let (writer_tx, writer_rx) = mpsc::channel();
+        let (readers_tx, readers_rx) = mpsc::channel();
+        let (hashers_tx, hashers_rx) = mpsc::channel();
+
+        let writer = Writer::new(store.clone(), sink.clone(), config.writer.clone())
+            .map_err(|e| format!("cannot start the storage writer: {e}"))?;
+        let writer = std::thread::Builder::new()
+            .name("gust-writer".into())
+            .spawn(move || writer.run(writer_rx))
+            .map_err(|e| e.to_string())?;
+        let reader = Arc::new(Reader::new(store.clone(), sink.clone(), config.reader.clone()));
+        let readers = reader.spawn(config.readers, readers_rx);
+        let accounts = Arc::new(Accounts::new(&config.accounts, store.clone(), writer_tx.clone(), sink.clone())?);
+        let hashers = accounts.spawn(config.hashers, hashers_rx);
+
+        let shared = Arc::new(Shared {
+            config: config.clone(),
+            writer: writer_tx.clone(),
+            readers: readers_tx.clone(),
+            hashers: hashers_tx.clone(),
+            open_connections: AtomicUsize::new(0),
+        });
+        let mut shards = Vec::new();
+        for (id, (poll, listener)) in polls.into_iter().zip(listeners).enumerate() {
+            let inbox = inboxes.0[id].clone();
+            let shard = Shard::new(id as u16, poll, listener, inbox, shared.clone())
+                .map_err(|e| format!("cannot start shard {id}: {e}"))?;
+            shards.push(
+                std::thread::Builder::new()
+                    .name(format!("gust-shard-{id}"))
+                    .spawn(move || shard.run())
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        log::info!(
+            "gustd {} listening on {addr} with {} shards, data in {}, durability {:?}",
+            env!("CARGO_PKG_VERSION"),
+            config.shards,
+            config.data_dir.display(),
+            config.durability
+        );
+        Ok(Server {
+            local_addr: addr,
+            store,
+            shared,
+            inboxes,
+            shards,
+            writer: Some(writer),
+            readers,
+            hashers,
+            writer_tx,
+            readers_tx,
+            hashers_tx,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.shared.open_connections.load(Ordering::Relaxed)
+    }
+
+    /// Graceful stop: shards send going-away and flush, then the writer
+    /// commits what is pending, then the store is flushed and closed.
+    pub fn shutdown(mut self) {
+        log::info!("shutting down");
+        self.inboxes.post(vec![ShardEvent::Shutdown]);
+        for shard in self.shards.drain(..) {
+            let _ = shard.join();
+        }
+        for _ in 0..self.hashers.len() {
+            let _ = self.hashers_tx.send(HashJob::Shutdown);
+        }
+        for hasher in self.hashers.drain(..) {
+            let _ = hasher.join();
+        }
+        let _ = self.writer_tx.send(WriterRequest::Shutdown);
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        for _ in 0..self.readers.len() {
+            let _ = self.readers_tx.send(ReaderJob::Shutdown);
+        }
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        if let Err(e) = self.store.flush() {
+            log::error!("flushing the store failed: {e}");
+        }
+        log::info!("stopped");
+    }
+}

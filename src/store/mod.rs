@@ -1,0 +1,381 @@
+//! The store: gust's only persistent state, behind a narrow interface.
+//!
+//! This is the one module that imports `rocksdb` (see `keys.rs` for every key
+//! and `records.rs` for every value). Column families:
+//!
+//! | family          | key                         | value                     |
+//! |-----------------|-----------------------------|---------------------------|
+//! | `messages`      | conversation, seq           | wire-encoded `Message`    |
+//! | `conversations` | conversation                | `ConversationRecord`      |
+//! | `direct`        | lower user, higher user     | conversation id           |
+//! | `members`       | user, conversation          | `MemberRecord` (cursors)  |
+//! | `users`         | user id                     | `UserRecord`              |
+//! | `usernames`     | username                    | user id                   |
+//! | `sessions`      | SHA-256(token)              | `SessionRecord`           |
+//! | `dedupe`        | sender, client message id   | `DedupeRecord`            |
+//! | `default`       | `counters`                  | `Counters`                |
+//!
+//! Writes happen only on the storage writer thread, one `WriteBatch` per
+//! cycle (group commit); reads may come from any thread.
+
+pub mod keys;
+pub mod records;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{
+    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
+    ReadOptions, WriteBatch, WriteOptions, DB,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::protocol::body_codec;
+use crate::protocol::{ConversationId, Seq, UserId};
+use records::*;
+
+const CF_MESSAGES: &str = "messages";
+const CF_CONVERSATIONS: &str = "conversations";
+const CF_DIRECT: &str = "direct";
+const CF_MEMBERS: &str = "members";
+const CF_USERS: &str = "users";
+const CF_USERNAMES: &str = "usernames";
+const CF_SESSIONS: &str = "sessions";
+const CF_DEDUPE: &str = "dedupe";
+const FAMILIES: [&str; 8] = [
+    CF_MESSAGES,
+    CF_CONVERSATIONS,
+    CF_DIRECT,
+    CF_MEMBERS,
+    CF_USERS,
+    CF_USERNAMES,
+    CF_SESSIONS,
+    CF_DEDUPE,
+];
+
+/// What the server promises about an acknowledged message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// The WAL is fsynced before the ack: survives power loss.
+    Sync,
+    /// The WAL is written to the page cache before the ack: survives the
+    /// process being killed, not the machine losing power.
+    Buffered,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Engine(#[from] rocksdb::Error),
+    #[error("corrupt record in {family}: {detail}")]
+    Corrupt { family: &'static str, detail: String },
+    #[error("column family {0} missing")]
+    MissingFamily(&'static str),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A cheap-to-clone handle on the open database.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<DB>,
+    durability: Durability,
+}
+
+/// Writes gathered for one commit.
+pub struct Batch {
+    inner: WriteBatch,
+    store: Store,
+}
+
+impl Store {
+    pub fn open(path: &Path, durability: Durability) -> StoreResult<Store> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        options.create_missing_column_families(true);
+        // One writer thread produces large batches; let flush and compaction
+        // run beside it.
+        options.increase_parallelism(2);
+        options.set_max_background_jobs(2);
+        let families = FAMILIES.iter().map(|name| {
+            let mut family = Options::default();
+            let mut table = BlockBasedOptions::default();
+            // Point lookups (dedupe, sessions, usernames) mostly miss or hit
+            // one key: a bloom filter turns a miss into no disk read.
+            table.set_bloom_filter(10.0, false);
+            family.set_block_based_table_factory(&table);
+            if *name == CF_MESSAGES {
+                family.set_write_buffer_size(64 * 1024 * 1024);
+            }
+            ColumnFamilyDescriptor::new(*name, family)
+        });
+        let db = DB::open_cf_descriptors(&options, path, families)?;
+        Ok(Store {
+            db: Arc::new(db),
+            durability,
+        })
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    fn family(&self, name: &'static str) -> StoreResult<&ColumnFamily> {
+        self.db.cf_handle(name).ok_or(StoreError::MissingFamily(name))
+    }
+
+    fn read<T: DeserializeOwned>(&self, family: &'static str, key: &[u8]) -> StoreResult<Option<T>> {
+        let cf = self.family(family)?;
+        match self.db.get_pinned_cf(cf, key)? {
+            None => Ok(None),
+            Some(bytes) => decode(family, &bytes).map(Some),
+        }
+    }
+
+    pub fn counters(&self) -> StoreResult<Counters> {
+        match self.db.get_pinned(keys::COUNTERS)? {
+            None => Ok(Counters::default()),
+            Some(bytes) => decode("default", &bytes),
+        }
+    }
+
+    pub fn user(&self, user_id: UserId) -> StoreResult<Option<UserRecord>> {
+        self.read(CF_USERS, &keys::user(user_id))
+    }
+
+    pub fn user_id_by_name(&self, username: &str) -> StoreResult<Option<UserId>> {
+        let cf = self.family(CF_USERNAMES)?;
+        match self.db.get_pinned_cf(cf, keys::username(username))? {
+            None => Ok(None),
+            Some(bytes) => keys::decode_u64(&bytes).map(Some).ok_or(StoreError::Corrupt {
+                family: CF_USERNAMES,
+                detail: format!("user id of {} bytes", bytes.len()),
+            }),
+        }
+    }
+
+    pub fn session(&self, token_hash: &[u8; 32]) -> StoreResult<Option<SessionRecord>> {
+        self.read(CF_SESSIONS, &keys::session(token_hash))
+    }
+
+    pub fn conversation(&self, conversation_id: ConversationId) -> StoreResult<Option<ConversationRecord>> {
+        self.read(CF_CONVERSATIONS, &keys::conversation(conversation_id))
+    }
+
+    pub fn direct_conversation(&self, user_a: UserId, user_b: UserId) -> StoreResult<Option<ConversationId>> {
+        let cf = self.family(CF_DIRECT)?;
+        match self.db.get_pinned_cf(cf, keys::direct(user_a, user_b))? {
+            None => Ok(None),
+            Some(bytes) => keys::decode_u64(&bytes).map(Some).ok_or(StoreError::Corrupt {
+                family: CF_DIRECT,
+                detail: format!("conversation id of {} bytes", bytes.len()),
+            }),
+        }
+    }
+
+    pub fn member(&self, user_id: UserId, conversation_id: ConversationId) -> StoreResult<Option<MemberRecord>> {
+        self.read(CF_MEMBERS, &keys::member(user_id, conversation_id))
+    }
+
+    /// The user's conversations with their cursors, in conversation order.
+    pub fn memberships(&self, user_id: UserId) -> StoreResult<Vec<(ConversationId, MemberRecord)>> {
+        let cf = self.family(CF_MEMBERS)?;
+        let prefix = keys::member_prefix(user_id);
+        let mut options = ReadOptions::default();
+        options.set_iterate_upper_bound(keys::member_prefix(user_id.saturating_add(1)).to_vec());
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf_opt(cf, options, IteratorMode::From(&prefix, Direction::Forward)) {
+            let (key, value) = item?;
+            let Some((owner, conversation_id)) = keys::parse_member(&key) else {
+                return Err(corrupt_key(CF_MEMBERS, &key));
+            };
+            if owner != user_id {
+                break;
+            }
+            out.push((conversation_id, decode(CF_MEMBERS, &value)?));
+        }
+        Ok(out)
+    }
+
+    pub fn dedupe(&self, user_id: UserId, client_message_id: u64) -> StoreResult<Option<DedupeRecord>> {
+        self.read(CF_DEDUPE, &keys::dedupe(user_id, client_message_id))
+    }
+
+    /// Raw wire-encoded messages with `from <= seq <= to`, ascending, at most
+    /// `limit`; `visit` gets each (seq, bytes) and returns false to stop early.
+    pub fn scan_messages(
+        &self,
+        conversation_id: ConversationId,
+        from: Seq,
+        to: Seq,
+        mut visit: impl FnMut(Seq, &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        if from > to {
+            return Ok(());
+        }
+        let cf = self.family(CF_MESSAGES)?;
+        let start = keys::message(conversation_id, from);
+        let mut options = ReadOptions::default();
+        // Exclusive bound: (conversation, to + 1), or the next conversation.
+        let bound = match to.checked_add(1) {
+            Some(end) => keys::message(conversation_id, end),
+            None => keys::message(conversation_id.saturating_add(1), 0),
+        };
+        options.set_iterate_upper_bound(bound.to_vec());
+        for item in self.db.iterator_cf_opt(cf, options, IteratorMode::From(&start, Direction::Forward)) {
+            let (key, value) = item?;
+            let Some((_, seq)) = keys::parse_message(&key) else {
+                return Err(corrupt_key(CF_MESSAGES, &key));
+            };
+            if !visit(seq, &value) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Like `scan_messages` but descending from `to` down to `from`.
+    pub fn scan_messages_back(
+        &self,
+        conversation_id: ConversationId,
+        from: Seq,
+        to: Seq,
+        mut visit: impl FnMut(Seq, &[u8]) -> bool,
+    ) -> StoreResult<()> {
+        if from > to {
+            return Ok(());
+        }
+        let cf = self.family(CF_MESSAGES)?;
+        let start = keys::message(conversation_id, to);
+        let mut options = ReadOptions::default();
+        options.set_iterate_lower_bound(keys::message(conversation_id, from).to_vec());
+        for item in self.db.iterator_cf_opt(cf, options, IteratorMode::From(&start, Direction::Reverse)) {
+            let (key, value) = item?;
+            let Some((owner, seq)) = keys::parse_message(&key) else {
+                return Err(corrupt_key(CF_MESSAGES, &key));
+            };
+            if owner != conversation_id {
+                break;
+            }
+            if !visit(seq, &value) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// One message's raw bytes.
+    pub fn message(&self, conversation_id: ConversationId, seq: Seq) -> StoreResult<Option<Vec<u8>>> {
+        let cf = self.family(CF_MESSAGES)?;
+        Ok(self.db.get_cf(cf, keys::message(conversation_id, seq))?)
+    }
+
+    pub fn batch(&self) -> Batch {
+        Batch {
+            inner: WriteBatch::default(),
+            store: self.clone(),
+        }
+    }
+
+    /// Writes the batch atomically, with the WAL synced when the durability
+    /// is `Sync`. Only the writer thread calls this.
+    pub fn commit(&self, batch: Batch) -> StoreResult<()> {
+        let mut options = WriteOptions::default();
+        options.set_sync(self.durability == Durability::Sync);
+        self.db.write_opt(batch.inner, &options)?;
+        Ok(())
+    }
+
+    /// Flushes memtables so the next open does not replay the WAL (shutdown).
+    pub fn flush(&self) -> StoreResult<()> {
+        self.db.flush_wal(true)?;
+        for name in FAMILIES {
+            self.db.flush_cf(self.family(name)?)?;
+        }
+        Ok(())
+    }
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    fn put(&mut self, family: &'static str, key: &[u8], value: &[u8]) -> StoreResult<()> {
+        let cf = self.store.family(family)?;
+        self.inner.put_cf(cf, key, value);
+        Ok(())
+    }
+
+    fn put_record<T: Serialize>(&mut self, family: &'static str, key: &[u8], value: &T) -> StoreResult<()> {
+        let bytes = encode(family, value)?;
+        self.put(family, key, &bytes)
+    }
+
+    pub fn put_counters(&mut self, counters: &Counters) -> StoreResult<()> {
+        let bytes = encode("default", counters)?;
+        self.inner.put(keys::COUNTERS, bytes);
+        Ok(())
+    }
+
+    pub fn put_message(&mut self, conversation_id: ConversationId, seq: Seq, wire: &[u8]) -> StoreResult<()> {
+        self.put(CF_MESSAGES, &keys::message(conversation_id, seq), wire)
+    }
+
+    pub fn put_conversation(&mut self, conversation_id: ConversationId, record: &ConversationRecord) -> StoreResult<()> {
+        self.put_record(CF_CONVERSATIONS, &keys::conversation(conversation_id), record)
+    }
+
+    pub fn put_direct(&mut self, user_a: UserId, user_b: UserId, conversation_id: ConversationId) -> StoreResult<()> {
+        self.put(CF_DIRECT, &keys::direct(user_a, user_b), &conversation_id.to_be_bytes())
+    }
+
+    pub fn put_member(&mut self, user_id: UserId, conversation_id: ConversationId, record: &MemberRecord) -> StoreResult<()> {
+        self.put_record(CF_MEMBERS, &keys::member(user_id, conversation_id), record)
+    }
+
+    pub fn put_user(&mut self, user_id: UserId, record: &UserRecord) -> StoreResult<()> {
+        self.put_record(CF_USERS, &keys::user(user_id), record)?;
+        self.put(CF_USERNAMES, keys::username(&record.username), &user_id.to_be_bytes())
+    }
+
+    pub fn put_session(&mut self, token_hash: &[u8; 32], record: &SessionRecord) -> StoreResult<()> {
+        self.put_record(CF_SESSIONS, &keys::session(token_hash), record)
+    }
+
+    pub fn delete_session(&mut self, token_hash: &[u8; 32]) -> StoreResult<()> {
+        let cf = self.store.family(CF_SESSIONS)?;
+        self.inner.delete_cf(cf, keys::session(token_hash));
+        Ok(())
+    }
+
+    pub fn put_dedupe(&mut self, user_id: UserId, client_message_id: u64, record: &DedupeRecord) -> StoreResult<()> {
+        self.put_record(CF_DEDUPE, &keys::dedupe(user_id, client_message_id), record)
+    }
+}
+
+fn encode<T: Serialize>(family: &'static str, value: &T) -> StoreResult<Vec<u8>> {
+    body_codec::encode_to_vec(value).map_err(|e| StoreError::Corrupt {
+        family,
+        detail: e.to_string(),
+    })
+}
+
+fn decode<T: DeserializeOwned>(family: &'static str, bytes: &[u8]) -> StoreResult<T> {
+    body_codec::decode(bytes).map_err(|e| StoreError::Corrupt {
+        family,
+        detail: e.to_string(),
+    })
+}
+
+fn corrupt_key(family: &'static str, key: &[u8]) -> StoreError {
+    StoreError::Corrupt {
+        family,
+        detail: format!("key of {} bytes", key.len()),
+    }
+}

@@ -1,0 +1,78 @@
+//! What the store keeps besides messages. Encoded with the wire encoding
+//! (`protocol::body_codec`) so that one encoder serves disk and network.
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{MessageId, Seq, UserId};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRecord {
+    pub username: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub created_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub user_id: UserId,
+    pub device_id: String,
+    pub created_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationRecord {
+    pub kind: ConversationRecordKind,
+    pub members: Vec<UserId>,
+    /// Seq of the newest message; 0 while empty. Written in the same batch as
+    /// the message, so it is never ahead of or behind the log.
+    pub last_seq: Seq,
+    /// Server time of the newest message. Times within a conversation never
+    /// decrease, which lets history find a time by binary search over seqs.
+    pub last_time_ms: u64,
+    pub created_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConversationRecordKind {
+    /// Two members (one when a user writes to themself).
+    Direct,
+    Group { name: String, owner_id: UserId },
+}
+
+/// One user's position and preferences in one conversation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    pub delivered_seq: Seq,
+    pub read_seq: Seq,
+    pub pinned: bool,
+    pub muted: bool,
+    pub hidden: bool,
+}
+
+/// The original outcome of a send, returned again to a retry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DedupeRecord {
+    pub message_id: MessageId,
+    pub conversation_id: u64,
+    pub seq: Seq,
+    pub server_time_ms: u64,
+}
+
+/// Next ids to hand out. Written in every batch that consumed one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub next_user_id: UserId,
+    pub next_conversation_id: u64,
+    pub next_message_id: MessageId,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            next_user_id: 1,
+            next_conversation_id: 1,
+            next_message_id: 1,
+        }
+    }
+}

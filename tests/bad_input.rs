@@ -1,0 +1,362 @@
+//! Every kind of bad input gets its typed error, on a real gustd: per-request
+//! errors leave the connection usable, final ones close it after an error
+//! frame, and deadlines close silent or stalled sockets.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use common::*;
+use gust::protocol::cipher::NoCipher;
+use gust::protocol::*;
+
+/// A raw socket that speaks frames by hand.
+struct Raw {
+    stream: TcpStream,
+    buf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl Raw {
+    fn connect(server: &TestServer) -> Raw {
+        let stream = TcpStream::connect(server.addr).expect("connect");
+        stream.set_read_timeout(Some(WAIT)).expect("timeout");
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+            decoder: FrameDecoder::new(gust::limits::PAYLOAD_LEN_CEILING),
+        }
+    }
+
+    fn frame(request_id: u32, body: &Body) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        encode_frame(&mut out, 1, request_id, body, &mut NoCipher, u32::MAX).expect("encode");
+        out.to_vec()
+    }
+
+    fn send(&mut self, request_id: u32, body: &Body) {
+        self.stream.write_all(&Self::frame(request_id, body)).expect("write");
+    }
+
+    fn hello(&mut self) {
+        self.send(
+            1,
+            &Body::Hello(Hello {
+                version_min: 1,
+                version_max: 1,
+                cipher: 0,
+                client_nonce: vec![0; 16],
+                agent: "raw-test".into(),
+            }),
+        );
+        match self.next() {
+            Some((1, Body::HelloAck(ack))) => assert_eq!(ack.version, 1),
+            other => panic!("expected hello_ack, got {other:?}"),
+        }
+    }
+
+    /// The next frame, or None once the server closed the connection.
+    fn next(&mut self) -> Option<(u32, Body)> {
+        loop {
+            if let Some(mut frame) = self.decoder.decode(&mut self.buf).expect("server frames are valid") {
+                let command = Command::from_u16(frame.header.command).expect("known command");
+                let payload = frame.open(&mut NoCipher).expect("plaintext").to_vec();
+                return Some((frame.header.request_id, Body::decode(command, &payload).expect("body")));
+            }
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    fn expect_error(&mut self, request_id: u32, code: StatusCode, closing: bool) {
+        match self.next() {
+            Some((id, Body::Error(error))) => {
+                assert_eq!(error.code, code as u16, "{}", error.message);
+                assert_eq!(error.closing, closing, "{}", error.message);
+                if !closing {
+                    assert_eq!(id, request_id);
+                }
+            }
+            other => panic!("expected error {code}, got {other:?}"),
+        }
+        if closing {
+            assert!(self.next().is_none(), "the server closes after a final error");
+        }
+    }
+
+    fn ping_works(&mut self) {
+        self.send(77, &Body::Ping(Ping { nonce: 5 }));
+        match self.next() {
+            Some((77, Body::Pong(pong))) => assert_eq!(pong.nonce, 5),
+            other => panic!("expected pong, got {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_first_frame_must_be_hello() {
+    let server = TestServer::start();
+    let mut raw = Raw::connect(&server);
+    raw.send(1, &Body::Ping(Ping { nonce: 1 }));
+    raw.expect_error(1, StatusCode::BadFrame, true);
+}
+
+#[test]
+fn commands_before_login_are_unauthenticated() {
+    let server = TestServer::start();
+    let mut raw = Raw::connect(&server);
+    raw.hello();
+    raw.send(
+        2,
+        &Body::Send(Send {
+            client_message_id: 1,
+            to: Target::User(1),
+            content: Content::Text { text: "x".into() },
+            extras: Default::default(),
+        }),
+    );
+    raw.expect_error(2, StatusCode::Unauthenticated, false);
+    raw.send(3, &Body::Sync(Sync { cursors: vec![], page_messages_max: 0 }));
+    raw.expect_error(3, StatusCode::Unauthenticated, false);
+    raw.ping_works();
+}
+
+#[test]
+fn unknown_commands_and_bad_bodies_are_per_request() {
+    let server = TestServer::start();
+    let mut raw = Raw::connect(&server);
+    raw.hello();
+    // Unknown command code 0x7777 with a valid frame around it.
+    let mut frame = Raw::frame(5, &Body::Ping(Ping { nonce: 1 }));
+    frame[4] = 0x77;
+    frame[5] = 0x77;
+    let crc_at = frame.len() - 4;
+    let crc = crc32fast::hash(&frame[..crc_at]);
+    frame[crc_at..].copy_from_slice(&crc.to_be_bytes());
+    raw.stream.write_all(&frame).expect("write");
+    raw.expect_error(5, StatusCode::UnknownCommand, false);
+    // A server-to-client command from a client.
+    raw.send(6, &Body::Pong(Pong { nonce: 1, server_time_ms: 0 }));
+    raw.expect_error(6, StatusCode::UnknownCommand, false);
+    // A login whose body is garbage: a string length far past the payload.
+    let mut frame = Raw::frame(7, &Body::Login(Login {
+        username: "abc".into(),
+        password: "abcdefgh".into(),
+        device_id: "d".into(),
+    }));
+    frame[14] = 0xFD; // varint tag: an 8-byte length follows
+    let crc_at = frame.len() - 4;
+    let crc = crc32fast::hash(&frame[..crc_at]);
+    frame[crc_at..].copy_from_slice(&crc.to_be_bytes());
+    raw.stream.write_all(&frame).expect("write");
+    raw.expect_error(7, StatusCode::BadBody, false);
+    // A second hello.
+    raw.send(
+        8,
+        &Body::Hello(Hello {
+            version_min: 1,
+            version_max: 1,
+            cipher: 0,
+            client_nonce: vec![0; 16],
+            agent: "again".into(),
+        }),
+    );
+    raw.expect_error(8, StatusCode::BadBody, false);
+    raw.ping_works();
+}
+
+#[test]
+fn framing_errors_are_final() {
+    let server = TestServer::start();
+    // Bad magic (an HTTP request on the native port, for now).
+    let mut raw = Raw::connect(&server);
+    raw.stream.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+    raw.expect_error(0, StatusCode::BadFrame, true);
+
+    // Bad checksum.
+    let mut raw = Raw::connect(&server);
+    raw.hello();
+    let mut frame = Raw::frame(2, &Body::Ping(Ping { nonce: 1 }));
+    let last = frame.len() - 1;
+    frame[last] ^= 0xFF;
+    raw.stream.write_all(&frame).expect("write");
+    raw.expect_error(0, StatusCode::BadChecksum, true);
+
+    // A version other than the negotiated one.
+    let mut raw = Raw::connect(&server);
+    raw.hello();
+    let mut frame = Raw::frame(2, &Body::Ping(Ping { nonce: 1 }));
+    frame[2] = 9;
+    raw.stream.write_all(&frame).expect("write");
+    raw.expect_error(0, StatusCode::UnsupportedVersion, true);
+
+    // Hello asking only for versions the server does not speak.
+    let mut raw = Raw::connect(&server);
+    raw.send(
+        1,
+        &Body::Hello(Hello {
+            version_min: 5,
+            version_max: 9,
+            cipher: 0,
+            client_nonce: vec![0; 16],
+            agent: "future".into(),
+        }),
+    );
+    raw.expect_error(1, StatusCode::UnsupportedVersion, true);
+
+    // A cipher the server has no key for.
+    let mut raw = Raw::connect(&server);
+    raw.send(
+        1,
+        &Body::Hello(Hello {
+            version_min: 1,
+            version_max: 1,
+            cipher: 1,
+            client_nonce: vec![0; 16],
+            agent: "no key".into(),
+        }),
+    );
+    raw.expect_error(1, StatusCode::BadCipher, true);
+}
+
+#[test]
+fn an_oversized_frame_is_refused_before_allocation() {
+    let server = TestServer::start_with(&["--payload-len-max", "65536"]);
+    let mut raw = Raw::connect(&server);
+    raw.hello();
+    // Header only, claiming 3 GiB: refused from the header alone.
+    let header = FrameHeader {
+        version: 1,
+        cipher_id: 0,
+        command: Command::Send as u16,
+        request_id: 9,
+        payload_len: 3 << 30,
+    };
+    raw.stream.write_all(&header.to_bytes()).expect("write");
+    raw.expect_error(0, StatusCode::TooLarge, true);
+    // The server is fine afterwards.
+    let (mut alice, _) = server.user("alice", "phone");
+    alice.ping().expect("ping");
+}
+
+#[test]
+fn an_overlong_text_is_too_large_per_request() {
+    let server = TestServer::start();
+    let (mut alice, _) = server.user("alice", "phone");
+    let (_bob, bob_login) = server.user("bob", "phone");
+    let text = "y".repeat(gust::limits::TEXT_BYTES_MAX + 1);
+    let err = alice.send_text(Target::User(bob_login.user_id), &text).expect_err("too long");
+    assert_eq!(err.status(), Some(StatusCode::TooLarge));
+    let err = alice.send_text(Target::User(bob_login.user_id), "").expect_err("empty");
+    assert_eq!(err.status(), Some(StatusCode::BadBody));
+    alice.send_text(Target::User(bob_login.user_id), "fine").expect("still usable");
+}
+
+#[test]
+fn accounts_refuse_bad_names_duplicates_and_wrong_passwords() {
+    let server = TestServer::start();
+    let mut connection = server.connect();
+    connection.register("alice", &password("alice")).expect("register");
+    let err = connection.register("alice", &password("alice")).expect_err("duplicate");
+    assert_eq!(err.status(), Some(StatusCode::Conflict));
+    let err = connection.register("Bad Name", "long enough").expect_err("bad name");
+    assert_eq!(err.status(), Some(StatusCode::BadBody));
+    let err = connection.register("shorty", "short").expect_err("short password");
+    assert_eq!(err.status(), Some(StatusCode::BadBody));
+    let wrong = connection.login("alice", "wrong password", "phone").expect_err("wrong password");
+    let unknown = connection.login("nobody", "wrong password", "phone").expect_err("unknown user");
+    // Same code and same message: no hint whether the user exists.
+    assert_eq!(wrong.status(), Some(StatusCode::Unauthorized));
+    assert_eq!(wrong.to_string(), unknown.to_string());
+    let err = connection.resume(&[0u8; 32], "phone").expect_err("bogus token");
+    assert_eq!(err.status(), Some(StatusCode::Unauthorized));
+    // A token only resumes the device it was issued to.
+    let mut phone = server.connect();
+    let login = phone.login("alice", &password("alice"), "phone").expect("login");
+    let mut other = server.connect();
+    let err = other.resume(&login.session_token, "tablet").expect_err("other device");
+    assert_eq!(err.status(), Some(StatusCode::Unauthorized));
+    let resumed = other.resume(&login.session_token, "phone").expect("resume");
+    assert_eq!(resumed.user_id, login.user_id);
+    // Logout revokes the token.
+    other.logout().expect("logout");
+    let mut third = server.connect();
+    let err = third.resume(&login.session_token, "phone").expect_err("revoked");
+    assert_eq!(err.status(), Some(StatusCode::Unauthorized));
+}
+
+#[test]
+fn repeated_login_failures_are_throttled() {
+    let server = TestServer::start_with(&["--login-failures-max", "3"]);
+    let mut connection = server.connect();
+    connection.register("carol", &password("carol")).expect("register");
+    for _ in 0..3 {
+        let err = connection.login("carol", "not the password", "phone").expect_err("wrong");
+        assert_eq!(err.status(), Some(StatusCode::Unauthorized));
+    }
+    let err = connection.login("carol", &password("carol"), "phone").expect_err("throttled");
+    assert_eq!(err.status(), Some(StatusCode::RateLimited));
+}
+
+#[test]
+fn a_silent_socket_is_closed_at_the_handshake_deadline() {
+    let server = TestServer::start_with(&["--handshake-timeout-secs", "1"]);
+    let mut raw = Raw::connect(&server);
+    let started = Instant::now();
+    raw.expect_error(0, StatusCode::Timeout, true);
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    // Hello alone does not extend the deadline: login is part of it.
+    let mut raw = Raw::connect(&server);
+    raw.hello();
+    raw.expect_error(0, StatusCode::Timeout, true);
+}
+
+#[test]
+fn a_half_frame_is_closed_at_the_idle_deadline() {
+    let server = TestServer::start_with(&["--idle-timeout-secs", "2"]);
+    let (connection, _) = server.user("dave", "phone");
+    drop(connection);
+    let mut raw = Raw::connect(&server);
+    raw.hello();
+    raw.send(
+        2,
+        &Body::Login(Login {
+            username: "dave".into(),
+            password: password("dave"),
+            device_id: "raw".into(),
+        }),
+    );
+    match raw.next() {
+        Some((2, Body::LoggedIn(_))) => {}
+        other => panic!("expected logged_in, got {other:?}"),
+    }
+    let frame = Raw::frame(3, &Body::Ping(Ping { nonce: 1 }));
+    raw.stream.write_all(&frame[..frame.len() / 2]).expect("write half");
+    match raw.next() {
+        Some((0, Body::GoingAway(going_away))) => assert_eq!(going_away.reason, GoingAwayReason::Idle),
+        other => panic!("expected going_away, got {other:?}"),
+    }
+    assert!(raw.next().is_none(), "closed after going_away");
+}
+
+#[test]
+fn a_reused_device_id_replaces_the_older_connection() {
+    let server = TestServer::start();
+    let (mut first, _) = server.user("erin", "phone");
+    let (mut second, _) = server.device("erin", "phone");
+    match first.next_event(WAIT) {
+        Ok(Some(gust::client::Event::GoingAway(going_away))) => {
+            assert_eq!(going_away.reason, GoingAwayReason::Replaced)
+        }
+        other => panic!("expected going_away(replaced), got {other:?}"),
+    }
+    second.ping().expect("the newer connection works");
+}

@@ -1,0 +1,203 @@
+//! A real `gustd` for end-to-end tests: the release binary Cargo built for
+//! this test run, on an ephemeral loopback port, with RocksDB in a temporary
+//! directory. Tests talk to it through the real client library.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gust::client::{ClientOptions, Connection};
+use gust::protocol::LoggedIn;
+
+/// Deadline for anything a test waits on; generous for a loaded CI machine.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+pub struct TestServer {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    extra_args: Vec<String>,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+/// Flags that keep tests fast: cheap argon2 (the real cost is a production
+/// setting, not what is under test here).
+const TEST_FLAGS: &[&str] = &["--argon2-memory-kib", "64", "--argon2-iterations", "1", "--shards", "2"];
+
+impl TestServer {
+    pub fn start() -> TestServer {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> TestServer {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp.path().join("data");
+        let mut server = TestServer {
+            child: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            data_dir,
+            _temp: Some(temp),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            log: Arc::new(Mutex::new(Vec::new())),
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gustd"));
+        command
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(TEST_FLAGS)
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("start gustd");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            let mut addr_tx = Some(addr_tx);
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    if let Some(addr) = rest.split_whitespace().next() {
+                        if let (Some(tx), Ok(addr)) = (addr_tx.take(), addr.parse::<SocketAddr>()) {
+                            let _ = tx.send(addr);
+                        }
+                    }
+                }
+                if std::env::var_os("GUST_TEST_LOG").is_some() {
+                    eprintln!("[gustd] {line}");
+                }
+                if let Ok(mut log) = log.lock() {
+                    log.push(line);
+                }
+            }
+        });
+        self.addr = match addr_rx.recv_timeout(WAIT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("gustd did not start; log: {:?}", self.log.lock().map(|l| l.clone()));
+            }
+        };
+        self.child = Some(child);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill -9");
+            child.wait().expect("reap");
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("gustd did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts again on the same data directory (on a new port).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the server first");
+        self.spawn();
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    pub fn connect(&self) -> Connection {
+        Connection::connect(self.addr, &options()).expect("connect and hello")
+    }
+
+    /// Registers `username` (password derived from it) and logs in a device.
+    pub fn user(&self, username: &str, device: &str) -> (Connection, LoggedIn) {
+        let mut connection = self.connect();
+        let _ = connection.register(username, &password(username));
+        let logged_in = connection
+            .login(username, &password(username), device)
+            .expect("login");
+        (connection, logged_in)
+    }
+
+    /// Logs in another device of an existing user.
+    pub fn device(&self, username: &str, device: &str) -> (Connection, LoggedIn) {
+        let mut connection = self.connect();
+        let logged_in = connection
+            .login(username, &password(username), device)
+            .expect("login");
+        (connection, logged_in)
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log.lock().map(|l| l.iter().any(|line| line.contains(needle))).unwrap_or(false)
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn options() -> ClientOptions {
+    ClientOptions {
+        timeout: WAIT,
+        ..ClientOptions::default()
+    }
+}
+
+pub fn password(username: &str) -> String {
+    format!("{username}-password")
+}
+
+/// Waits for the next message event, skipping other pushes.
+pub fn next_message(connection: &mut Connection) -> gust::protocol::Message {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no message within {WAIT:?}");
+        match connection.next_event(left).expect("next event") {
+            Some(gust::client::Event::Message(message)) => return message,
+            Some(_) | None => continue,
+        }
+    }
+}
+
+pub fn text_of(message: &gust::protocol::Message) -> &str {
+    match &message.content {
+        gust::protocol::Content::Text { text } => text,
+        other => panic!("not a text message: {other:?}"),
+    }
+}

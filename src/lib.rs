@@ -9,6 +9,8 @@
 //! `chat`, `store` and `server` need the `server` feature (RocksDB); the
 //! protocol and the client build without it.
 
+#[cfg(feature = "bench")]
+pub mod bench;
 #[cfg(feature = "server")]
 pub mod chat;
 pub mod client;

@@ -64,4 +64,5 @@ const _: () = assert!(PAYLOAD_LEN_DEFAULT <= PAYLOAD_LEN_CEILING);
 const _: () = assert!(
     (TEXT_BYTES_MAX + EXTRAS_BYTES_MAX + URL_BYTES_MAX + 1024) < PAYLOAD_LEN_DEFAULT as usize
 );
-const _: () = assert!(CUSTOM_DATA_BYTES_MAX + EXTRAS_BYTES_MAX + 1024 < PAYLOAD_LEN_DEFAULT as usize);
+const _: () =
+    assert!(CUSTOM_DATA_BYTES_MAX + EXTRAS_BYTES_MAX + 1024 < PAYLOAD_LEN_DEFAULT as usize);

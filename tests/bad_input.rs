@@ -38,7 +38,9 @@ impl Raw {
     }
 
     fn send(&mut self, request_id: u32, body: &Body) {
-        self.stream.write_all(&Self::frame(request_id, body)).expect("write");
+        self.stream
+            .write_all(&Self::frame(request_id, body))
+            .expect("write");
     }
 
     fn hello(&mut self) {
@@ -61,10 +63,17 @@ impl Raw {
     /// The next frame, or None once the server closed the connection.
     fn next(&mut self) -> Option<(u32, Body)> {
         loop {
-            if let Some(mut frame) = self.decoder.decode(&mut self.buf).expect("server frames are valid") {
+            if let Some(mut frame) = self
+                .decoder
+                .decode(&mut self.buf)
+                .expect("server frames are valid")
+            {
                 let command = Command::from_u16(frame.header.command).expect("known command");
                 let payload = frame.open(&mut NoCipher).expect("plaintext").to_vec();
-                return Some((frame.header.request_id, Body::decode(command, &payload).expect("body")));
+                return Some((
+                    frame.header.request_id,
+                    Body::decode(command, &payload).expect("body"),
+                ));
             }
             let mut chunk = [0u8; 4096];
             match self.stream.read(&mut chunk) {
@@ -88,7 +97,10 @@ impl Raw {
             other => panic!("expected error {code}, got {other:?}"),
         }
         if closing {
-            assert!(self.next().is_none(), "the server closes after a final error");
+            assert!(
+                self.next().is_none(),
+                "the server closes after a final error"
+            );
         }
     }
 
@@ -124,7 +136,13 @@ fn commands_before_login_are_unauthenticated() {
         }),
     );
     raw.expect_error(2, StatusCode::Unauthenticated, false);
-    raw.send(3, &Body::Sync(Sync { cursors: vec![], page_messages_max: 0 }));
+    raw.send(
+        3,
+        &Body::Sync(Sync {
+            cursors: vec![],
+            page_messages_max: 0,
+        }),
+    );
     raw.expect_error(3, StatusCode::Unauthenticated, false);
     raw.ping_works();
 }
@@ -144,14 +162,23 @@ fn unknown_commands_and_bad_bodies_are_per_request() {
     raw.stream.write_all(&frame).expect("write");
     raw.expect_error(5, StatusCode::UnknownCommand, false);
     // A server-to-client command from a client.
-    raw.send(6, &Body::Pong(Pong { nonce: 1, server_time_ms: 0 }));
+    raw.send(
+        6,
+        &Body::Pong(Pong {
+            nonce: 1,
+            server_time_ms: 0,
+        }),
+    );
     raw.expect_error(6, StatusCode::UnknownCommand, false);
     // A login whose body is garbage: a string length far past the payload.
-    let mut frame = Raw::frame(7, &Body::Login(Login {
-        username: "abc".into(),
-        password: "abcdefgh".into(),
-        device_id: "d".into(),
-    }));
+    let mut frame = Raw::frame(
+        7,
+        &Body::Login(Login {
+            username: "abc".into(),
+            password: "abcdefgh".into(),
+            device_id: "d".into(),
+        }),
+    );
     frame[14] = 0xFD; // varint tag: an 8-byte length follows
     let crc_at = frame.len() - 4;
     let crc = crc32fast::hash(&frame[..crc_at]);
@@ -178,7 +205,9 @@ fn framing_errors_are_final() {
     let server = TestServer::start();
     // Bad magic (an HTTP request on the native port, for now).
     let mut raw = Raw::connect(&server);
-    raw.stream.write_all(b"GET / HTTP/1.1\r\n\r\n").expect("write");
+    raw.stream
+        .write_all(b"GET / HTTP/1.1\r\n\r\n")
+        .expect("write");
     raw.expect_error(0, StatusCode::BadFrame, true);
 
     // Bad checksum.
@@ -253,43 +282,69 @@ fn an_overlong_text_is_too_large_per_request() {
     let (mut alice, _) = server.user("alice", "phone");
     let (_bob, bob_login) = server.user("bob", "phone");
     let text = "y".repeat(gust::limits::TEXT_BYTES_MAX + 1);
-    let err = alice.send_text(Target::User(bob_login.user_id), &text).expect_err("too long");
+    let err = alice
+        .send_text(Target::User(bob_login.user_id), &text)
+        .expect_err("too long");
     assert_eq!(err.status(), Some(StatusCode::TooLarge));
-    let err = alice.send_text(Target::User(bob_login.user_id), "").expect_err("empty");
+    let err = alice
+        .send_text(Target::User(bob_login.user_id), "")
+        .expect_err("empty");
     assert_eq!(err.status(), Some(StatusCode::BadBody));
-    alice.send_text(Target::User(bob_login.user_id), "fine").expect("still usable");
+    alice
+        .send_text(Target::User(bob_login.user_id), "fine")
+        .expect("still usable");
 }
 
 #[test]
 fn accounts_refuse_bad_names_duplicates_and_wrong_passwords() {
     let server = TestServer::start();
     let mut connection = server.connect();
-    connection.register("alice", &password("alice")).expect("register");
-    let err = connection.register("alice", &password("alice")).expect_err("duplicate");
+    connection
+        .register("alice", &password("alice"))
+        .expect("register");
+    let err = connection
+        .register("alice", &password("alice"))
+        .expect_err("duplicate");
     assert_eq!(err.status(), Some(StatusCode::Conflict));
-    let err = connection.register("Bad Name", "long enough").expect_err("bad name");
+    let err = connection
+        .register("Bad Name", "long enough")
+        .expect_err("bad name");
     assert_eq!(err.status(), Some(StatusCode::BadBody));
-    let err = connection.register("shorty", "short").expect_err("short password");
+    let err = connection
+        .register("shorty", "short")
+        .expect_err("short password");
     assert_eq!(err.status(), Some(StatusCode::BadBody));
-    let wrong = connection.login("alice", "wrong password", "phone").expect_err("wrong password");
-    let unknown = connection.login("nobody", "wrong password", "phone").expect_err("unknown user");
+    let wrong = connection
+        .login("alice", "wrong password", "phone")
+        .expect_err("wrong password");
+    let unknown = connection
+        .login("nobody", "wrong password", "phone")
+        .expect_err("unknown user");
     // Same code and same message: no hint whether the user exists.
     assert_eq!(wrong.status(), Some(StatusCode::Unauthorized));
     assert_eq!(wrong.to_string(), unknown.to_string());
-    let err = connection.resume(&[0u8; 32], "phone").expect_err("bogus token");
+    let err = connection
+        .resume(&[0u8; 32], "phone")
+        .expect_err("bogus token");
     assert_eq!(err.status(), Some(StatusCode::Unauthorized));
     // A token only resumes the device it was issued to.
     let mut phone = server.connect();
-    let login = phone.login("alice", &password("alice"), "phone").expect("login");
+    let login = phone
+        .login("alice", &password("alice"), "phone")
+        .expect("login");
     let mut other = server.connect();
-    let err = other.resume(&login.session_token, "tablet").expect_err("other device");
+    let err = other
+        .resume(&login.session_token, "tablet")
+        .expect_err("other device");
     assert_eq!(err.status(), Some(StatusCode::Unauthorized));
     let resumed = other.resume(&login.session_token, "phone").expect("resume");
     assert_eq!(resumed.user_id, login.user_id);
     // Logout revokes the token.
     other.logout().expect("logout");
     let mut third = server.connect();
-    let err = third.resume(&login.session_token, "phone").expect_err("revoked");
+    let err = third
+        .resume(&login.session_token, "phone")
+        .expect_err("revoked");
     assert_eq!(err.status(), Some(StatusCode::Unauthorized));
 }
 
@@ -297,12 +352,18 @@ fn accounts_refuse_bad_names_duplicates_and_wrong_passwords() {
 fn repeated_login_failures_are_throttled() {
     let server = TestServer::start_with(&["--login-failures-max", "3"]);
     let mut connection = server.connect();
-    connection.register("carol", &password("carol")).expect("register");
+    connection
+        .register("carol", &password("carol"))
+        .expect("register");
     for _ in 0..3 {
-        let err = connection.login("carol", "not the password", "phone").expect_err("wrong");
+        let err = connection
+            .login("carol", "not the password", "phone")
+            .expect_err("wrong");
         assert_eq!(err.status(), Some(StatusCode::Unauthorized));
     }
-    let err = connection.login("carol", &password("carol"), "phone").expect_err("throttled");
+    let err = connection
+        .login("carol", &password("carol"), "phone")
+        .expect_err("throttled");
     assert_eq!(err.status(), Some(StatusCode::RateLimited));
 }
 
@@ -339,9 +400,13 @@ fn a_half_frame_is_closed_at_the_idle_deadline() {
         other => panic!("expected logged_in, got {other:?}"),
     }
     let frame = Raw::frame(3, &Body::Ping(Ping { nonce: 1 }));
-    raw.stream.write_all(&frame[..frame.len() / 2]).expect("write half");
+    raw.stream
+        .write_all(&frame[..frame.len() / 2])
+        .expect("write half");
     match raw.next() {
-        Some((0, Body::GoingAway(going_away))) => assert_eq!(going_away.reason, GoingAwayReason::Idle),
+        Some((0, Body::GoingAway(going_away))) => {
+            assert_eq!(going_away.reason, GoingAwayReason::Idle)
+        }
         other => panic!("expected going_away, got {other:?}"),
     }
     assert!(raw.next().is_none(), "closed after going_away");

@@ -16,7 +16,9 @@ fn two_users_chat_both_ways() {
     let (mut alice, alice_login) = server.user("alice", "phone");
     let (mut bob, bob_login) = server.user("bob", "laptop");
 
-    let ack = alice.send_text(Target::User(bob_login.user_id), "hi bob").expect("send");
+    let ack = alice
+        .send_text(Target::User(bob_login.user_id), "hi bob")
+        .expect("send");
     assert_eq!(ack.seq, 1);
     let received = next_message(&mut bob);
     assert_eq!(text_of(&received), "hi bob");
@@ -26,7 +28,9 @@ fn two_users_chat_both_ways() {
     assert_eq!(received.message_id, ack.message_id);
 
     // Bob answers in the same conversation, by user and by conversation id.
-    let reply = bob.send_text(Target::User(alice_login.user_id), "hello alice").expect("reply");
+    let reply = bob
+        .send_text(Target::User(alice_login.user_id), "hello alice")
+        .expect("reply");
     assert_eq!(reply.conversation_id, ack.conversation_id);
     assert_eq!(reply.seq, 2);
     let again = bob
@@ -56,7 +60,10 @@ fn offline_messages_arrive_by_sync_in_order() {
     let missed = bob.sync(Vec::new()).expect("sync");
     let texts: Vec<&str> = missed.iter().map(text_of).collect();
     let expected: Vec<String> = (0..25).map(|i| format!("offline {i}")).collect();
-    assert_eq!(texts, expected.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        texts,
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
     let seqs: Vec<u64> = missed.iter().map(|m| m.seq).collect();
     assert_eq!(seqs, (1..=25).collect::<Vec<_>>());
 
@@ -103,15 +110,30 @@ fn roaming_copies_reach_every_other_device() {
     let (mut bob_tablet, _) = server.device("bob", "tablet");
     let (mut bob_desktop, _) = server.device("bob", "desktop");
 
-    let ack = alice_phone.send_text(Target::User(bob_login.user_id), "to all of bob").expect("send");
-    for device in [&mut bob_phone, &mut bob_tablet, &mut bob_desktop, &mut alice_laptop] {
+    let ack = alice_phone
+        .send_text(Target::User(bob_login.user_id), "to all of bob")
+        .expect("send");
+    for device in [
+        &mut bob_phone,
+        &mut bob_tablet,
+        &mut bob_desktop,
+        &mut alice_laptop,
+    ] {
         let message = next_message(device);
         assert_eq!(message.seq, ack.seq);
         assert_eq!(message.sender_id, alice_login.user_id);
         assert_eq!(text_of(&message), "to all of bob");
     }
-    // The sending device gets its ack, not a copy.
-    assert!(alice_phone.next_event(Duration::from_millis(300)).expect("events").is_none());
+    // The sending device gets its ack (and receipts), not a copy.
+    while let Some(event) = alice_phone
+        .next_event(Duration::from_millis(300))
+        .expect("events")
+    {
+        assert!(
+            !matches!(event, Event::Message(_)),
+            "the sender got a copy: {event:?}"
+        );
+    }
 }
 
 #[test]
@@ -119,19 +141,36 @@ fn a_retried_send_is_stored_once() {
     let server = TestServer::start();
     let (mut alice, _) = server.user("alice", "phone");
     let (mut bob, bob_login) = server.user("bob", "phone");
-    let content = Content::Text { text: "once".into() };
+    let content = Content::Text {
+        text: "once".into(),
+    };
     let first = alice
-        .send_with_id(777, Target::User(bob_login.user_id), content.clone(), BTreeMap::new())
+        .send_with_id(
+            777,
+            Target::User(bob_login.user_id),
+            content.clone(),
+            BTreeMap::new(),
+        )
         .expect("send");
     let retry = alice
-        .send_with_id(777, Target::User(bob_login.user_id), content.clone(), BTreeMap::new())
+        .send_with_id(
+            777,
+            Target::User(bob_login.user_id),
+            content.clone(),
+            BTreeMap::new(),
+        )
         .expect("retry");
     assert_eq!(first, retry);
     // Also after reconnecting.
     drop(alice);
     let (mut alice, _) = server.device("alice", "phone");
     let later = alice
-        .send_with_id(777, Target::User(bob_login.user_id), content, BTreeMap::new())
+        .send_with_id(
+            777,
+            Target::User(bob_login.user_id),
+            content,
+            BTreeMap::new(),
+        )
         .expect("retry after reconnect");
     assert_eq!(first, later);
     let page = bob
@@ -139,7 +178,10 @@ fn a_retried_send_is_stored_once() {
         .expect("history");
     assert_eq!(page.messages.len(), 1);
     assert_eq!(next_message(&mut bob).seq, 1);
-    assert!(bob.next_event(Duration::from_millis(300)).expect("events").is_none());
+    assert!(bob
+        .next_event(Duration::from_millis(300))
+        .expect("events")
+        .is_none());
 }
 
 #[test]
@@ -149,30 +191,48 @@ fn history_pages_by_seq_and_time() {
     let (_bob, bob_login) = server.user("bob", "phone");
     let mut acks = Vec::new();
     for i in 0..30 {
-        acks.push(alice.send_text(Target::User(bob_login.user_id), &format!("h{i}")).expect("send"));
+        acks.push(
+            alice
+                .send_text(Target::User(bob_login.user_id), &format!("h{i}"))
+                .expect("send"),
+        );
     }
     let conversation = acks[0].conversation_id;
     let newest = alice
         .history(conversation, HistoryAnchor::BeforeSeq(u64::MAX), 10)
         .expect("newest page");
-    assert_eq!(newest.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), (21..=30).collect::<Vec<_>>());
+    assert_eq!(
+        newest.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        (21..=30).collect::<Vec<_>>()
+    );
     assert!(newest.more);
     let older = alice
         .history(conversation, HistoryAnchor::BeforeSeq(21), 10)
         .expect("older page");
     assert_eq!(older.messages.first().map(|m| m.seq), Some(11));
-    let oldest = alice.history(conversation, HistoryAnchor::BeforeSeq(11), 10).expect("oldest");
+    let oldest = alice
+        .history(conversation, HistoryAnchor::BeforeSeq(11), 10)
+        .expect("oldest");
     assert_eq!(oldest.messages.len(), 10);
     assert!(!oldest.more);
-    let forward = alice.history(conversation, HistoryAnchor::AfterSeq(25), 10).expect("forward");
-    assert_eq!(forward.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![26, 27, 28, 29, 30]);
+    let forward = alice
+        .history(conversation, HistoryAnchor::AfterSeq(25), 10)
+        .expect("forward");
+    assert_eq!(
+        forward.messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        vec![26, 27, 28, 29, 30]
+    );
     assert!(!forward.more);
 
     let t = acks[14].server_time_ms;
-    let after_time = alice.history(conversation, HistoryAnchor::AfterTime(t), 200).expect("after time");
+    let after_time = alice
+        .history(conversation, HistoryAnchor::AfterTime(t), 200)
+        .expect("after time");
     assert!(after_time.messages.iter().all(|m| m.server_time_ms >= t));
     assert!(after_time.messages.iter().any(|m| m.seq == 15));
-    let before_time = alice.history(conversation, HistoryAnchor::BeforeTime(t), 200).expect("before time");
+    let before_time = alice
+        .history(conversation, HistoryAnchor::BeforeTime(t), 200)
+        .expect("before time");
     assert!(before_time.messages.iter().all(|m| m.server_time_ms < t));
     assert_eq!(after_time.messages.len() + before_time.messages.len(), 30);
 }
@@ -183,7 +243,9 @@ fn strangers_cannot_read_a_conversation() {
     let (mut alice, _) = server.user("alice", "phone");
     let (_bob, bob_login) = server.user("bob", "phone");
     let (mut eve, _) = server.user("eve", "phone");
-    let ack = alice.send_text(Target::User(bob_login.user_id), "secret").expect("send");
+    let ack = alice
+        .send_text(Target::User(bob_login.user_id), "secret")
+        .expect("send");
     let err = eve
         .history(ack.conversation_id, HistoryAnchor::AfterSeq(0), 10)
         .expect_err("eve is not a member");
@@ -196,7 +258,9 @@ fn strangers_cannot_read_a_conversation() {
         .history(999_999, HistoryAnchor::AfterSeq(0), 10)
         .expect_err("no such conversation");
     assert_eq!(err.status(), Some(StatusCode::NotFound));
-    let err = alice.send_text(Target::User(424_242), "anyone?").expect_err("no such user");
+    let err = alice
+        .send_text(Target::User(424_242), "anyone?")
+        .expect_err("no such user");
     assert_eq!(err.status(), Some(StatusCode::NotFound));
     // Eve still works after those refusals.
     eve.ping().expect("ping");
@@ -209,16 +273,25 @@ fn messages_sent_during_a_sync_are_neither_lost_nor_duplicated() {
     let (bob, bob_login) = server.user("bob", "phone");
     drop(bob);
     for i in 0..300 {
-        alice.send_text(Target::User(bob_login.user_id), &format!("before {i}")).expect("send");
+        alice
+            .send_text(Target::User(bob_login.user_id), &format!("before {i}"))
+            .expect("send");
     }
     let (mut bob, _) = server.device("bob", "phone");
     let sender = std::thread::spawn(move || {
         for i in 0..200 {
-            alice.send_text(Target::User(bob_login.user_id), &format!("during {i}")).expect("send");
+            alice
+                .send_text(Target::User(bob_login.user_id), &format!("during {i}"))
+                .expect("send");
         }
         alice
     });
-    let mut seqs: Vec<u64> = bob.sync(Vec::new()).expect("sync").iter().map(|m| m.seq).collect();
+    let mut seqs: Vec<u64> = bob
+        .sync(Vec::new())
+        .expect("sync")
+        .iter()
+        .map(|m| m.seq)
+        .collect();
     let _alice = sender.join().expect("sender");
     while seqs.len() < 500 {
         seqs.push(next_message(&mut bob).seq);
@@ -226,8 +299,15 @@ fn messages_sent_during_a_sync_are_neither_lost_nor_duplicated() {
     let mut sorted = seqs.clone();
     sorted.sort_unstable();
     sorted.dedup();
-    assert_eq!(sorted, (1..=500).collect::<Vec<_>>(), "every seq exactly once");
-    assert!(bob.next_event(Duration::from_millis(300)).expect("events").is_none());
+    assert_eq!(
+        sorted,
+        (1..=500).collect::<Vec<_>>(),
+        "every seq exactly once"
+    );
+    assert!(bob
+        .next_event(Duration::from_millis(300))
+        .expect("events")
+        .is_none());
 }
 
 #[test]
@@ -240,14 +320,20 @@ fn a_slow_reader_catches_up_without_loss() {
     // more than his queue plus the loopback socket buffers hold).
     let text = "x".repeat(4000);
     for _ in 0..3000 {
-        alice.send_text(Target::User(bob_login.user_id), &text).expect("send");
+        alice
+            .send_text(Target::User(bob_login.user_id), &text)
+            .expect("send");
     }
     let mut seen = Vec::new();
     while seen.len() < 3000 {
         let message = next_message(&mut bob);
         seen.push(message.seq);
     }
-    assert_eq!(seen, (1..=3000).collect::<Vec<_>>(), "in order, none lost, none twice");
+    assert_eq!(
+        seen,
+        (1..=3000).collect::<Vec<_>>(),
+        "in order, none lost, none twice"
+    );
 }
 
 #[test]
@@ -255,9 +341,12 @@ fn receipts_reach_the_sender() {
     let server = TestServer::start();
     let (mut alice, _) = server.user("alice", "phone");
     let (mut bob, bob_login) = server.user("bob", "phone");
-    let ack = alice.send_text(Target::User(bob_login.user_id), "read me").expect("send");
+    let ack = alice
+        .send_text(Target::User(bob_login.user_id), "read me")
+        .expect("send");
     let message = next_message(&mut bob); // auto-acks delivery
-    bob.read_ack(message.conversation_id, message.seq).expect("read ack");
+    bob.read_ack(message.conversation_id, message.seq)
+        .expect("read ack");
     let mut kinds = Vec::new();
     while kinds.len() < 2 {
         match alice.next_event(WAIT).expect("event") {
@@ -278,24 +367,39 @@ fn receipts_reach_the_sender() {
 fn encrypted_connections_chat_with_plain_ones() {
     let psk_dir = tempfile::tempdir().expect("temp");
     let psk_path = psk_dir.path().join("psk");
-    std::fs::write(&psk_path, "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff").expect("psk");
+    std::fs::write(
+        &psk_path,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    )
+    .expect("psk");
     let server = TestServer::start_with(&["--psk-file", psk_path.to_str().expect("utf-8 path")]);
     let mut key = [0u8; 32];
     for (i, byte) in key.iter_mut().enumerate() {
-        *byte = [0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff][i % 16];
+        *byte = [
+            0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+            0xee, 0xff,
+        ][i % 16];
     }
     let secure = gust::client::ClientOptions {
         psk: Some(key),
         ..options()
     };
-    let mut alice = gust::client::Connection::connect(server.addr, &secure).expect("encrypted hello");
+    let mut alice =
+        gust::client::Connection::connect(server.addr, &secure).expect("encrypted hello");
     assert_eq!(alice.hello_ack().cipher, 1);
-    alice.register("alice", &password("alice")).expect("register");
-    let alice_login = alice.login("alice", &password("alice"), "phone").expect("login");
+    alice
+        .register("alice", &password("alice"))
+        .expect("register");
+    let alice_login = alice
+        .login("alice", &password("alice"), "phone")
+        .expect("login");
     let (mut bob, bob_login) = server.user("bob", "phone");
-    alice.send_text(Target::User(bob_login.user_id), "sealed").expect("send");
+    alice
+        .send_text(Target::User(bob_login.user_id), "sealed")
+        .expect("send");
     assert_eq!(text_of(&next_message(&mut bob)), "sealed");
-    bob.send_text(Target::User(alice_login.user_id), "plain").expect("reply");
+    bob.send_text(Target::User(alice_login.user_id), "plain")
+        .expect("reply");
     assert_eq!(text_of(&next_message(&mut alice)), "plain");
 
     // A client with the wrong key fails at its first sealed frame.
@@ -303,10 +407,17 @@ fn encrypted_connections_chat_with_plain_ones() {
         psk: Some([7u8; 32]),
         ..options()
     };
-    let mut mallory = gust::client::Connection::connect(server.addr, &wrong).expect("hello is plaintext");
-    let err = mallory.register("mallory", &password("mallory")).expect_err("tag fails");
+    let mut mallory =
+        gust::client::Connection::connect(server.addr, &wrong).expect("hello is plaintext");
+    let err = mallory
+        .register("mallory", &password("mallory"))
+        .expect_err("tag fails");
     assert!(
-        matches!(err.status(), Some(StatusCode::BadCipher)) || matches!(err, gust::client::ClientError::Closed | gust::client::ClientError::Cipher(_)),
+        matches!(err.status(), Some(StatusCode::BadCipher))
+            || matches!(
+                err,
+                gust::client::ClientError::Closed | gust::client::ClientError::Cipher(_)
+            ),
         "unexpected {err:?}"
     );
 }

@@ -20,9 +20,17 @@ fn gust(server: &TestServer, session: &std::path::Path) -> Command {
 }
 
 fn run_ok(mut command: Command, stdin: &str) -> String {
-    command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = command.spawn().expect("run gust");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("stdin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("stdin");
     let output = child.wait_with_output().expect("wait");
     assert!(
         output.status.success(),
@@ -51,7 +59,14 @@ fn register_login_send_and_listen() {
     login.args(["login", "alice"]);
     run_ok(login, "alice-secret-1\n");
     let mut login = gust(&server, &bob_session);
-    login.args(["login", "bob", "--password", "bob-secret-1", "--device", "terminal"]);
+    login.args([
+        "login",
+        "bob",
+        "--password",
+        "bob-secret-1",
+        "--device",
+        "terminal",
+    ]);
     run_ok(login, "");
     assert!(bob_session.exists(), "the session file is kept");
 
@@ -88,7 +103,11 @@ fn register_login_send_and_listen() {
             Err(_) => panic!("listener printed {lines:?}"),
         }
     }
-    assert!(lines[0].contains("alice") && lines[0].contains("hello from the terminal"), "{}", lines[0]);
+    assert!(
+        lines[0].contains("alice") && lines[0].contains("hello from the terminal"),
+        "{}",
+        lines[0]
+    );
     assert!(lines[1].contains("second"), "{}", lines[1]);
     let status = listener.wait().expect("listener exits after --count");
     assert!(status.success());
@@ -97,7 +116,9 @@ fn register_login_send_and_listen() {
     let mut history = gust(&server, &bob_session);
     history.args(["history", "alice"]);
     let out = run_ok(history, "");
-    let first = out.find("hello from the terminal").expect("first in history");
+    let first = out
+        .find("hello from the terminal")
+        .expect("first in history");
     let second = out.find("second").expect("second in history");
     assert!(first < second);
 }

@@ -32,9 +32,14 @@ fn history_survives_a_graceful_restart() {
         .expect("history after restart");
     let texts: Vec<&str> = page.messages.iter().map(text_of).collect();
     let expected: Vec<String> = (0..20).map(|i| format!("kept {i}")).collect();
-    assert_eq!(texts, expected.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(
+        texts,
+        expected.iter().map(String::as_str).collect::<Vec<_>>()
+    );
     // Counters survived too: the next message continues the sequence.
-    let ack = bob.send_text(Target::Conversation(conversation), "after restart").expect("send");
+    let ack = bob
+        .send_text(Target::Conversation(conversation), "after restart")
+        .expect("send");
     assert_eq!(ack.seq, 21);
 }
 
@@ -72,7 +77,12 @@ fn send_until_killed(server: &mut TestServer, durability: &str) {
                 let content = Content::Text {
                     text: format!("{t}/{i}"),
                 };
-                match connection.send_with_id(client_message_id, Target::User(bob_login.user_id), content, Default::default()) {
+                match connection.send_with_id(
+                    client_message_id,
+                    Target::User(bob_login.user_id),
+                    content,
+                    Default::default(),
+                ) {
                     Ok(ack) => acked.lock().expect("acks").push((t, ack)),
                     Err(_) => return,
                 }
@@ -96,13 +106,19 @@ fn send_until_killed(server: &mut TestServer, durability: &str) {
 
     let (mut bob, _) = server.device("bob", "phone");
     for t in 0..4u64 {
-        let mine: Vec<&SendAck> = acked.iter().filter(|(s, _)| *s == t).map(|(_, a)| a).collect();
+        let mine: Vec<&SendAck> = acked
+            .iter()
+            .filter(|(s, _)| *s == t)
+            .map(|(_, a)| a)
+            .collect();
         let Some(first) = mine.first() else { continue };
         let conversation = first.conversation_id;
         let mut stored = Vec::new();
         let mut after = 0;
         loop {
-            let page = bob.history(conversation, HistoryAnchor::AfterSeq(after), 200).expect("history");
+            let page = bob
+                .history(conversation, HistoryAnchor::AfterSeq(after), 200)
+                .expect("history");
             if let Some(last) = page.messages.last() {
                 after = last.seq;
             }
@@ -113,7 +129,11 @@ fn send_until_killed(server: &mut TestServer, durability: &str) {
         }
         // Gapless seqs from 1, each stored message once.
         let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
-        assert_eq!(seqs, (1..=stored.len() as u64).collect::<Vec<_>>(), "gapless seqs");
+        assert_eq!(
+            seqs,
+            (1..=stored.len() as u64).collect::<Vec<_>>(),
+            "gapless seqs"
+        );
         let mut ids: Vec<u64> = stored.iter().map(|m| m.client_message_id).collect();
         ids.sort_unstable();
         ids.dedup();
@@ -133,7 +153,9 @@ fn send_until_killed(server: &mut TestServer, durability: &str) {
     }
     // Message ids stay unique after the restart.
     let (mut sender0, _) = server.device("sender0", "phone");
-    let ack = sender0.send_text(Target::User(bob.user_id().expect("logged in")), "after").expect("send");
+    let ack = sender0
+        .send_text(Target::User(bob.user_id().expect("logged in")), "after")
+        .expect("send");
     assert!(acked.iter().all(|(_, a)| a.message_id < ack.message_id));
 }
 

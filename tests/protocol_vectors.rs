@@ -220,7 +220,8 @@ fn documented(doc: &str, name: &str) -> Vec<u8> {
 }
 
 fn protocol_md() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/protocol.md")).expect("read protocol.md")
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/protocol.md"))
+        .expect("read protocol.md")
 }
 
 #[test]
@@ -229,7 +230,11 @@ fn print_vectors_on_request() {
         return;
     }
     for vector in vectors() {
-        println!("<!-- vector: {} -->\n```hex\n{}\n```\n", vector.name, to_hex(&encode(&vector)));
+        println!(
+            "<!-- vector: {} -->\n```hex\n{}\n```\n",
+            vector.name,
+            to_hex(&encode(&vector))
+        );
     }
 }
 
@@ -255,7 +260,10 @@ fn decoder_reads_documented_bytes() {
     for vector in vectors() {
         let mut buf = BytesMut::from(&documented(&doc, vector.name)[..]);
         let mut decoder = FrameDecoder::new(gust::limits::PAYLOAD_LEN_DEFAULT);
-        let mut frame = decoder.decode(&mut buf).expect("frame").expect("whole frame");
+        let mut frame = decoder
+            .decode(&mut buf)
+            .expect("frame")
+            .expect("whole frame");
         assert!(buf.is_empty(), "vector {} has trailing bytes", vector.name);
         assert_eq!(frame.header.request_id, vector.request_id);
         let command = Command::from_u16(frame.header.command).expect("known command");
@@ -281,9 +289,15 @@ fn tampered_encrypted_vector_is_refused() {
     let crc = crc32fast::hash(&bytes[..crc_at]);
     bytes[crc_at..].copy_from_slice(&crc.to_be_bytes());
     let mut buf = BytesMut::from(&bytes[..]);
-    let mut frame = FrameDecoder::new(1 << 20).decode(&mut buf).expect("frame ok").expect("whole");
+    let mut frame = FrameDecoder::new(1 << 20)
+        .decode(&mut buf)
+        .expect("frame ok")
+        .expect("whole");
     let mut cipher = opener(&vector);
-    assert_eq!(frame.open(cipher.as_mut()).err(), Some(CipherError::Authentication));
+    assert_eq!(
+        frame.open(cipher.as_mut()).err(),
+        Some(CipherError::Authentication)
+    );
 }
 
 #[test]
@@ -291,10 +305,22 @@ fn every_command_is_documented() {
     let doc = protocol_md();
     for command in Command::ALL {
         let code = format!("0x{:04X}", *command as u16);
-        assert!(doc.contains(&code), "protocol.md does not list {} ({code})", command.name());
-        assert!(doc.contains(&format!("`{}`", command.name())), "protocol.md does not name `{}`", command.name());
+        assert!(
+            doc.contains(&code),
+            "protocol.md does not list {} ({code})",
+            command.name()
+        );
+        assert!(
+            doc.contains(&format!("`{}`", command.name())),
+            "protocol.md does not name `{}`",
+            command.name()
+        );
     }
     for status in StatusCode::ALL {
-        assert!(doc.contains(&format!("`{}`", status.name())), "protocol.md does not name status `{}`", status.name());
+        assert!(
+            doc.contains(&format!("`{}`", status.name())),
+            "protocol.md does not name status `{}`",
+            status.name()
+        );
     }
 }

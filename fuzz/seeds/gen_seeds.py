@@ -176,6 +176,8 @@ def main():
         index = INDEX[name]
         # body_decoders: command index, then the payload.
         write("body_decoders", tag, struct.pack(">H", index) + payload)
+        # body_grow: index, list size (small: the fuzzer finds the sizes), payload.
+        write("body_grow", tag, struct.pack(">HH", index, 100) + payload)
         # roundtrip: index, request id, key seed, flip position, mask, mode, payload.
         flip = (index * 7) % 64
         mode = index & 1

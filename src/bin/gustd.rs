@@ -19,7 +19,10 @@ fn main() {
     logging::init(config.log_level);
     // Register the handlers before any thread starts, so every thread
     // inherits a mask in which SIGTERM/SIGINT reach the iterator below.
-    let mut signals = match signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT]) {
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ]) {
         Ok(signals) => signals,
         Err(e) => {
             eprintln!("gustd: cannot install signal handlers: {e}");

@@ -69,7 +69,9 @@ const THROTTLE_ENTRIES_MAX: usize = 100_000;
 impl Throttle {
     fn blocked(&mut self, key: &ThrottleKey, now: Instant) -> bool {
         match self.failures.get(key) {
-            Some((count, since)) if now.duration_since(*since) < self.window => *count >= self.failures_max,
+            Some((count, since)) if now.duration_since(*since) < self.window => {
+                *count >= self.failures_max
+            }
             Some(_) => {
                 self.failures.remove(key);
                 false
@@ -81,7 +83,8 @@ impl Throttle {
     fn fail(&mut self, key: ThrottleKey, now: Instant) {
         if self.failures.len() >= THROTTLE_ENTRIES_MAX {
             let window = self.window;
-            self.failures.retain(|_, (_, since)| now.duration_since(*since) < window);
+            self.failures
+                .retain(|_, (_, since)| now.duration_since(*since) < window);
             if self.failures.len() >= THROTTLE_ENTRIES_MAX {
                 self.failures.clear();
             }
@@ -140,7 +143,11 @@ impl Accounts {
     }
 
     /// Runs hasher threads until a `Shutdown` job per thread arrives.
-    pub fn spawn(self: Arc<Self>, threads: usize, jobs: Receiver<HashJob>) -> Vec<std::thread::JoinHandle<()>> {
+    pub fn spawn(
+        self: Arc<Self>,
+        threads: usize,
+        jobs: Receiver<HashJob>,
+    ) -> Vec<std::thread::JoinHandle<()>> {
         let jobs = Arc::new(Mutex::new(jobs));
         (0..threads)
             .map(|i| {
@@ -165,7 +172,9 @@ impl Accounts {
 
     fn hash_password(&self, password: &str) -> Result<String, String> {
         let mut salt = [0u8; 16];
-        self.rng.fill(&mut salt).map_err(|_| "no randomness".to_string())?;
+        self.rng
+            .fill(&mut salt)
+            .map_err(|_| "no randomness".to_string())?;
         let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
         self.argon2
             .hash_password(password.as_bytes(), &salt)
@@ -175,7 +184,10 @@ impl Accounts {
 
     fn verify(&self, password: &str, stored: &str) -> bool {
         match PasswordHash::new(stored) {
-            Ok(parsed) => self.argon2.verify_password(password.as_bytes(), &parsed).is_ok(),
+            Ok(parsed) => self
+                .argon2
+                .verify_password(password.as_bytes(), &parsed)
+                .is_ok(),
             Err(_) => false,
         }
     }
@@ -194,11 +206,13 @@ impl Accounts {
                 username,
                 password,
             } => {
-                if let Err(invalid) = validate::username(&username).and_then(|_| validate::password(&password)) {
+                if let Err(invalid) =
+                    validate::username(&username).and_then(|_| validate::password(&password))
+                {
                     return self.fail(reply, invalid.code, &invalid.message);
                 }
                 match self.hash_password(&password) {
-                    Ok(password_hash) => self.to_writer(
+                    Ok(password_hash) => self.queue_to_writer(
                         reply,
                         WriterRequest::Register {
                             reply,
@@ -223,7 +237,14 @@ impl Accounts {
         }
     }
 
-    fn login(&self, reply: Reply, username: String, password: String, device_id: String, peer_ip: IpAddr) {
+    fn login(
+        &self,
+        reply: Reply,
+        username: String,
+        password: String,
+        device_id: String,
+        peer_ip: IpAddr,
+    ) {
         if let Err(invalid) = validate::device_id(&device_id) {
             return self.fail(reply, invalid.code, &invalid.message);
         }
@@ -235,7 +256,11 @@ impl Accounts {
                 return self.fail(reply, StatusCode::Internal, "throttle unavailable");
             };
             if throttle.blocked(&name_key, now) || throttle.blocked(&address_key, now) {
-                return self.fail(reply, StatusCode::RateLimited, "too many failed logins; try later");
+                return self.fail(
+                    reply,
+                    StatusCode::RateLimited,
+                    "too many failed logins; try later",
+                );
             }
         }
         let user = match self.store.user_id_by_name(&username) {
@@ -272,7 +297,7 @@ impl Accounts {
                 if self.rng.fill(&mut token).is_err() {
                     return self.fail(reply, StatusCode::Internal, "no randomness");
                 }
-                self.to_writer(
+                self.queue_to_writer(
                     reply,
                     WriterRequest::OpenSession {
                         reply,
@@ -287,12 +312,16 @@ impl Accounts {
                 throttle.fail(address_key, now);
                 drop(throttle);
                 log::info!("failed login for {:?} from {peer_ip}", sanitize(&username));
-                self.fail(reply, StatusCode::Unauthorized, "wrong username or password")
+                self.fail(
+                    reply,
+                    StatusCode::Unauthorized,
+                    "wrong username or password",
+                )
             }
         }
     }
 
-    fn to_writer(&self, reply: Reply, request: WriterRequest) {
+    fn queue_to_writer(&self, reply: Reply, request: WriterRequest) {
         if self.writer.send(request).is_err() {
             self.fail(reply, StatusCode::ServerBusy, "server is shutting down");
         }

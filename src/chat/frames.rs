@@ -22,7 +22,12 @@ pub fn encode(request_id: u32, body: &Body) -> Bytes {
         Ok(()) => out.freeze(),
         Err(e) => {
             log::error!("cannot encode {}: {e}", body.command().name());
-            error(request_id, StatusCode::Internal, "response could not be encoded", false)
+            error(
+                request_id,
+                StatusCode::Internal,
+                "response could not be encoded",
+                false,
+            )
         }
     }
 }
@@ -35,7 +40,14 @@ pub fn error(request_id: u32, code: StatusCode, message: &str, closing: bool) ->
     });
     let mut out = BytesMut::new();
     // An error body is a u16, a bool and a short string: it always encodes.
-    match frame::encode_frame(&mut out, VERSION_MAX, request_id, &body, &mut NoCipher, u32::MAX) {
+    match frame::encode_frame(
+        &mut out,
+        VERSION_MAX,
+        request_id,
+        &body,
+        &mut NoCipher,
+        u32::MAX,
+    ) {
         Ok(()) => out.freeze(),
         Err(_) => Bytes::new(),
     }

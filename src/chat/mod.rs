@@ -19,7 +19,9 @@ pub mod writer;
 
 use bytes::Bytes;
 
-use crate::protocol::{ConversationId, History, Send, Seq, SyncCursor, UserId, UserKey};
+use crate::protocol::{
+    ConversationId, ConversationList, History, Send, Seq, SyncCursor, UserId, UserKey,
+};
 
 pub use accounts::HashJob;
 
@@ -171,6 +173,11 @@ pub enum ReaderJob {
         reply: Reply,
         user_id: UserId,
         history: History,
+    },
+    ConversationList {
+        reply: Reply,
+        user_id: UserId,
+        list: ConversationList,
     },
     Shutdown,
 }

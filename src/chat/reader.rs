@@ -19,6 +19,7 @@ use crate::protocol::body_codec;
 use crate::protocol::cipher::NoCipher;
 use crate::protocol::frame::{self, VERSION_MAX};
 use crate::protocol::*;
+use crate::store::records::ConversationRecordKind;
 use crate::store::{Store, StoreError};
 
 #[derive(Clone, Debug)]
@@ -80,22 +81,30 @@ impl Page {
 
 fn page_frame(request_id: u32, command: Command, page: &Page, trailer: Option<bool>) -> Bytes {
     let mut out = BytesMut::new();
-    let result = page.payload(trailer).map_err(frame::EncodeError::from).and_then(|payload| {
-        frame::encode_raw_frame(
-            &mut out,
-            VERSION_MAX,
-            request_id,
-            command as u16,
-            &payload,
-            &mut NoCipher,
-            crate::limits::PAYLOAD_LEN_CEILING,
-        )
-    });
+    let result = page
+        .payload(trailer)
+        .map_err(frame::EncodeError::from)
+        .and_then(|payload| {
+            frame::encode_raw_frame(
+                &mut out,
+                VERSION_MAX,
+                request_id,
+                command as u16,
+                &payload,
+                &mut NoCipher,
+                crate::limits::PAYLOAD_LEN_CEILING,
+            )
+        });
     match result {
         Ok(()) => out.freeze(),
         Err(e) => {
             log::error!("cannot frame a {}: {e}", command.name());
-            frames::error(request_id, StatusCode::Internal, "page could not be encoded", false)
+            frames::error(
+                request_id,
+                StatusCode::Internal,
+                "page could not be encoded",
+                false,
+            )
         }
     }
 }
@@ -113,11 +122,19 @@ impl From<StoreError> for Refusal {
 
 impl Reader {
     pub fn new(store: Store, sink: Arc<dyn ShardSink>, config: ReaderConfig) -> Reader {
-        Reader { store, sink, config }
+        Reader {
+            store,
+            sink,
+            config,
+        }
     }
 
     /// Runs `threads` reader threads sharing one job queue.
-    pub fn spawn(self: Arc<Self>, threads: usize, jobs: Receiver<ReaderJob>) -> Vec<std::thread::JoinHandle<()>> {
+    pub fn spawn(
+        self: Arc<Self>,
+        threads: usize,
+        jobs: Receiver<ReaderJob>,
+    ) -> Vec<std::thread::JoinHandle<()>> {
         let jobs = Arc::new(Mutex::new(jobs));
         (0..threads)
             .map(|i| {
@@ -148,8 +165,20 @@ impl Reader {
                 cursors,
                 only_listed,
                 page_messages_max,
-            } => (reply, self.sync(reply, user_id, cursors, only_listed, page_messages_max)),
-            ReaderJob::History { reply, user_id, history } => (reply, self.history(reply, user_id, history)),
+            } => (
+                reply,
+                self.sync(reply, user_id, cursors, only_listed, page_messages_max),
+            ),
+            ReaderJob::History {
+                reply,
+                user_id,
+                history,
+            } => (reply, self.history(reply, user_id, history)),
+            ReaderJob::ConversationList {
+                reply,
+                user_id,
+                list,
+            } => (reply, self.conversation_list(reply, user_id, list)),
             ReaderJob::Shutdown => return,
         };
         if let Err(refusal) = result {
@@ -194,11 +223,16 @@ impl Reader {
         page_messages_max: u32,
     ) -> Result<(), Refusal> {
         let page_limit = self.page_limit(page_messages_max);
-        let asked: HashMap<ConversationId, Seq> = cursors.iter().map(|c| (c.conversation_id, c.seq)).collect();
+        let asked: HashMap<ConversationId, Seq> =
+            cursors.iter().map(|c| (c.conversation_id, c.seq)).collect();
         let conversations: Vec<(ConversationId, Seq)> = if only_listed {
             let mut listed = Vec::with_capacity(cursors.len());
             for cursor in &cursors {
-                if self.store.member(user_id, cursor.conversation_id)?.is_some() {
+                if self
+                    .store
+                    .member(user_id, cursor.conversation_id)?
+                    .is_some()
+                {
                     listed.push((cursor.conversation_id, cursor.seq));
                 }
             }
@@ -225,23 +259,28 @@ impl Reader {
                 });
                 continue;
             }
-            let result = self.store.scan_messages(conversation_id, after.saturating_add(1), Seq::MAX, |seq, stored| {
-                page.push(stored);
-                last = seq;
-                if page.count >= page_limit || page.items.len() >= self.config.page_bytes_max {
-                    events.push(ShardEvent::Frame {
-                        conn: reply.conn,
-                        frame: page_frame(reply.request_id, Command::SyncPage, &page, None),
-                    });
-                    page = Page::new();
-                    pages += 1;
-                    if pages >= self.config.pages_per_job {
-                        stopped = true;
-                        return false;
+            let result = self.store.scan_messages(
+                conversation_id,
+                after.saturating_add(1),
+                Seq::MAX,
+                |seq, stored| {
+                    page.push(stored);
+                    last = seq;
+                    if page.count >= page_limit || page.items.len() >= self.config.page_bytes_max {
+                        events.push(ShardEvent::Frame {
+                            conn: reply.conn,
+                            frame: page_frame(reply.request_id, Command::SyncPage, &page, None),
+                        });
+                        page = Page::new();
+                        pages += 1;
+                        if pages >= self.config.pages_per_job {
+                            stopped = true;
+                            return false;
+                        }
                     }
-                }
-                true
-            });
+                    true
+                },
+            );
             end.push(SyncCursor {
                 conversation_id,
                 seq: last,
@@ -268,18 +307,30 @@ impl Reader {
     fn history(&self, reply: Reply, user_id: UserId, history: History) -> Result<(), Refusal> {
         let conversation_id = history.conversation_id;
         let Some(conversation) = self.store.conversation(conversation_id)? else {
-            return Err(Refusal::Status(StatusCode::NotFound, "no such conversation"));
+            return Err(Refusal::Status(
+                StatusCode::NotFound,
+                "no such conversation",
+            ));
         };
         if self.store.member(user_id, conversation_id)?.is_none() {
-            return Err(Refusal::Status(StatusCode::Forbidden, "not a member of this conversation"));
+            return Err(Refusal::Status(
+                StatusCode::Forbidden,
+                "not a member of this conversation",
+            ));
         }
         let limit = self.page_limit(history.limit);
         let last_seq = conversation.last_seq;
         let (forward, bound) = match history.anchor {
             HistoryAnchor::AfterSeq(seq) => (true, seq),
             HistoryAnchor::BeforeSeq(seq) => (false, seq),
-            HistoryAnchor::AfterTime(time) => (true, self.first_seq_at_or_after(conversation_id, last_seq, time)? - 1),
-            HistoryAnchor::BeforeTime(time) => (false, self.first_seq_at_or_after(conversation_id, last_seq, time)?),
+            HistoryAnchor::AfterTime(time) => (
+                true,
+                self.first_seq_at_or_after(conversation_id, last_seq, time)? - 1,
+            ),
+            HistoryAnchor::BeforeTime(time) => (
+                false,
+                self.first_seq_at_or_after(conversation_id, last_seq, time)?,
+            ),
         };
         let mut stored: Vec<Bytes> = Vec::with_capacity(limit + 1);
         let mut collect = |_: Seq, bytes: &[u8]| {
@@ -287,9 +338,15 @@ impl Reader {
             stored.len() <= limit
         };
         if forward {
-            self.store.scan_messages(conversation_id, bound.saturating_add(1), last_seq, &mut collect)?;
+            self.store.scan_messages(
+                conversation_id,
+                bound.saturating_add(1),
+                last_seq,
+                &mut collect,
+            )?;
         } else if bound > 1 {
-            self.store.scan_messages_back(conversation_id, 1, bound - 1, &mut collect)?;
+            self.store
+                .scan_messages_back(conversation_id, 1, bound - 1, &mut collect)?;
         }
         let more = stored.len() > limit;
         stored.truncate(limit);
@@ -307,10 +364,79 @@ impl Reader {
         Ok(())
     }
 
+    /// The user's conversations in id order, with unread counts and the
+    /// newest message of each; hidden ones are left out.
+    fn conversation_list(
+        &self,
+        reply: Reply,
+        user_id: UserId,
+        list: ConversationList,
+    ) -> Result<(), Refusal> {
+        let limit = self.page_limit(list.limit);
+        let mut conversations = Vec::new();
+        let mut more = false;
+        for (conversation_id, member) in self.store.memberships(user_id)? {
+            if conversation_id <= list.after_conversation_id || member.hidden {
+                continue;
+            }
+            if conversations.len() == limit {
+                more = true;
+                break;
+            }
+            let Some(record) = self.store.conversation(conversation_id)? else {
+                continue;
+            };
+            let kind = match record.kind {
+                ConversationRecordKind::Direct => ConversationKind::Direct {
+                    peer_id: record
+                        .members
+                        .iter()
+                        .copied()
+                        .find(|m| *m != user_id)
+                        .unwrap_or(user_id),
+                },
+                ConversationRecordKind::Group { .. } => ConversationKind::Group,
+            };
+            let last_message = match record.last_seq {
+                0 => None,
+                seq => match self.store.message(conversation_id, seq)? {
+                    Some(bytes) => body_codec::decode::<Message>(&bytes).ok(),
+                    None => None,
+                },
+            };
+            conversations.push(ConversationSummary {
+                conversation_id,
+                kind,
+                last_seq: record.last_seq,
+                read_seq: member.read_seq,
+                unread_count: record.last_seq.saturating_sub(member.read_seq),
+                pinned: member.pinned,
+                muted: member.muted,
+                last_message,
+            });
+        }
+        // Pages walk conversation ids, so paging is stable; clients sort
+        // (pinned first, newest message first) for display.
+        let page = ConversationListPage {
+            conversations,
+            more,
+        };
+        self.sink.post(vec![ShardEvent::Frame {
+            conn: reply.conn,
+            frame: frames::encode(reply.request_id, &Body::ConversationListPage(page)),
+        }]);
+        Ok(())
+    }
+
     /// The first seq whose server time is >= `time`, or `last_seq + 1`. Times
     /// never decrease within a conversation, so a binary search over seqs
     /// needs no time index: about log2(n) point reads.
-    fn first_seq_at_or_after(&self, conversation_id: ConversationId, last_seq: Seq, time: u64) -> Result<Seq, Refusal> {
+    fn first_seq_at_or_after(
+        &self,
+        conversation_id: ConversationId,
+        last_seq: Seq,
+        time: u64,
+    ) -> Result<Seq, Refusal> {
         let (mut low, mut high) = (1u64, last_seq.saturating_add(1));
         while low < high {
             let middle = low + (high - low) / 2;
@@ -318,11 +444,21 @@ impl Reader {
                 Some(bytes) => match body_codec::decode::<Message>(&bytes) {
                     Ok(message) => message.server_time_ms,
                     Err(e) => {
-                        log::error!("stored message {conversation_id}/{middle} does not decode: {e}");
-                        return Err(Refusal::Status(StatusCode::Internal, "stored message is corrupt"));
+                        log::error!(
+                            "stored message {conversation_id}/{middle} does not decode: {e}"
+                        );
+                        return Err(Refusal::Status(
+                            StatusCode::Internal,
+                            "stored message is corrupt",
+                        ));
                     }
                 },
-                None => return Err(Refusal::Status(StatusCode::Internal, "gap in the message log")),
+                None => {
+                    return Err(Refusal::Status(
+                        StatusCode::Internal,
+                        "gap in the message log",
+                    ))
+                }
             };
             if at >= time {
                 high = middle;

@@ -43,7 +43,8 @@ pub fn username(name: &str) -> Result<(), Invalid> {
     if !chars.next().is_some_and(|c| c.is_ascii_lowercase()) {
         return Err(bad("a username starts with a lowercase letter"));
     }
-    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-')) {
+    if !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
+    {
         return Err(bad("a username has only a-z, 0-9, '_', '.' and '-'"));
     }
     Ok(())
@@ -51,7 +52,9 @@ pub fn username(name: &str) -> Result<(), Invalid> {
 
 pub fn password(password: &str) -> Result<(), Invalid> {
     if password.len() < PASSWORD_BYTES_MIN {
-        return Err(bad(format!("a password has at least {PASSWORD_BYTES_MIN} bytes")));
+        return Err(bad(format!(
+            "a password has at least {PASSWORD_BYTES_MIN} bytes"
+        )));
     }
     at_most("password", password, PASSWORD_BYTES_MAX)
 }
@@ -66,7 +69,11 @@ pub fn device_id(device_id: &str) -> Result<(), Invalid> {
 pub fn send(send: &Send) -> Result<(), Invalid> {
     content(&send.content)?;
     if send.extras.len() > EXTRAS_ENTRIES_MAX {
-        return Err(too_large("extras (entries)", send.extras.len(), EXTRAS_ENTRIES_MAX));
+        return Err(too_large(
+            "extras (entries)",
+            send.extras.len(),
+            EXTRAS_ENTRIES_MAX,
+        ));
     }
     let extras_bytes: usize = send.extras.iter().map(|(k, v)| k.len() + v.len()).sum();
     if extras_bytes > EXTRAS_BYTES_MAX {
@@ -84,12 +91,17 @@ pub fn content(content: &Content) -> Result<(), Invalid> {
             at_most("text", text, TEXT_BYTES_MAX)
         }
         Content::Image { url, .. } | Content::Voice { url, .. } => url_rule(url),
-        Content::Video { url, thumbnail_url, .. } => {
+        Content::Video {
+            url, thumbnail_url, ..
+        } => {
             url_rule(url)?;
             at_most("thumbnail url", thumbnail_url, URL_BYTES_MAX)
         }
         Content::File {
-            url, name, mime_type, ..
+            url,
+            name,
+            mime_type,
+            ..
         } => {
             url_rule(url)?;
             at_most("file name", name, LABEL_BYTES_MAX)?;
@@ -115,9 +127,9 @@ pub fn content(content: &Content) -> Result<(), Invalid> {
             }
             Ok(())
         }
-        Content::Recalled { .. } | Content::GroupEvent { .. } => {
-            Err(bad("recalled and group-event contents are written by the server only"))
-        }
+        Content::Recalled { .. } | Content::GroupEvent { .. } => Err(bad(
+            "recalled and group-event contents are written by the server only",
+        )),
     }
 }
 
@@ -146,11 +158,15 @@ mod tests {
 
     #[test]
     fn contents() {
-        let text = |t: &str| Content::Text { text: t.to_string() };
+        let text = |t: &str| Content::Text {
+            text: t.to_string(),
+        };
         assert!(content(&text("hi")).is_ok());
         assert_eq!(content(&text("")).unwrap_err().code, StatusCode::BadBody);
         assert_eq!(
-            content(&text(&"x".repeat(TEXT_BYTES_MAX + 1))).unwrap_err().code,
+            content(&text(&"x".repeat(TEXT_BYTES_MAX + 1)))
+                .unwrap_err()
+                .code,
             StatusCode::TooLarge
         );
         assert!(content(&Content::Recalled { seq: 1 }).is_err());

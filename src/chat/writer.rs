@@ -111,13 +111,22 @@ fn raw_frame(request_id: u32, command: Command, payload: &[u8]) -> Bytes {
         Ok(()) => out.freeze(),
         Err(e) => {
             log::error!("cannot frame {}: {e}", command.name());
-            frames::error(request_id, StatusCode::Internal, "response could not be encoded", false)
+            frames::error(
+                request_id,
+                StatusCode::Internal,
+                "response could not be encoded",
+                false,
+            )
         }
     }
 }
 
 impl Writer {
-    pub fn new(store: Store, sink: Arc<dyn ShardSink>, config: WriterConfig) -> Result<Writer, StoreError> {
+    pub fn new(
+        store: Store,
+        sink: Arc<dyn ShardSink>,
+        config: WriterConfig,
+    ) -> Result<Writer, StoreError> {
         let counters = store.counters()?;
         Ok(Writer {
             store,
@@ -185,7 +194,9 @@ impl Writer {
         // Authentication requests leave the connection unauthenticated on failure.
         let authenticating = matches!(
             request,
-            WriterRequest::Register { .. } | WriterRequest::OpenSession { .. } | WriterRequest::Resume { .. }
+            WriterRequest::Register { .. }
+                | WriterRequest::OpenSession { .. }
+                | WriterRequest::Resume { .. }
         );
         let (reply, result) = match request {
             WriterRequest::Shutdown => return true,
@@ -199,7 +210,10 @@ impl Writer {
                 user_id,
                 device_id,
                 token,
-            } => (reply, self.open_session(cycle, reply, user_id, device_id, token)),
+            } => (
+                reply,
+                self.open_session(cycle, reply, user_id, device_id, token),
+            ),
             WriterRequest::Resume {
                 reply,
                 token,
@@ -210,7 +224,11 @@ impl Writer {
                 self.remove_route(user_id, conn);
                 return false;
             }
-            WriterRequest::Send { reply, user_id, send } => (reply, self.send(cycle, reply, user_id, *send)),
+            WriterRequest::Send {
+                reply,
+                user_id,
+                send,
+            } => (reply, self.send(cycle, reply, user_id, *send)),
             WriterRequest::DeliveryAck {
                 reply,
                 user_id,
@@ -218,7 +236,14 @@ impl Writer {
                 seq,
             } => (
                 reply,
-                self.advance_cursor(cycle, reply, user_id, conversation_id, seq, ReceiptKind::Delivered, true),
+                self.advance_cursor(
+                    cycle,
+                    user_id,
+                    conversation_id,
+                    seq,
+                    ReceiptKind::Delivered,
+                    true,
+                ),
             ),
             WriterRequest::ReadAck {
                 reply,
@@ -228,16 +253,31 @@ impl Writer {
                 receipt,
             } => (
                 reply,
-                self.advance_cursor(cycle, reply, user_id, conversation_id, seq, ReceiptKind::Read, receipt),
+                self.advance_cursor(
+                    cycle,
+                    user_id,
+                    conversation_id,
+                    seq,
+                    ReceiptKind::Read,
+                    receipt,
+                ),
             ),
-            WriterRequest::UserLookup { reply, users } => (reply, self.user_lookup(cycle, reply, users)),
+            WriterRequest::UserLookup { reply, users } => {
+                (reply, self.user_lookup(cycle, reply, users))
+            }
         };
         if let Err(Refusal(code, message)) = result {
             let frame = frames::error(reply.request_id, code, message, false);
             let event = if authenticating {
-                ShardEvent::Unauthenticated { conn: reply.conn, frame }
+                ShardEvent::Unauthenticated {
+                    conn: reply.conn,
+                    frame,
+                }
             } else {
-                ShardEvent::Frame { conn: reply.conn, frame }
+                ShardEvent::Frame {
+                    conn: reply.conn,
+                    frame,
+                }
             };
             cycle.immediate.push(event);
         }
@@ -274,7 +314,10 @@ impl Writer {
         match outcome {
             Ok(()) => events.append(&mut cycle.after_commit),
             Err(e) => {
-                log::error!("commit failed, {} replies refused: {e}", cycle.on_failure.len());
+                log::error!(
+                    "commit failed, {} replies refused: {e}",
+                    cycle.on_failure.len()
+                );
                 for (user_id, conn) in cycle.routes_added {
                     self.remove_route(user_id, conn);
                 }
@@ -313,7 +356,13 @@ impl Writer {
 
     // ------------------------------------------------------------ accounts
 
-    fn register(&mut self, cycle: &mut Cycle, reply: Reply, username: String, password_hash: String) -> Result<(), Refusal> {
+    fn register(
+        &mut self,
+        cycle: &mut Cycle,
+        reply: Reply,
+        username: String,
+        password_hash: String,
+    ) -> Result<(), Refusal> {
         if cycle.usernames.contains(&username) || self.store.user_id_by_name(&username)?.is_some() {
             return Err(Refusal(StatusCode::Conflict, "username taken"));
         }
@@ -328,10 +377,18 @@ impl Writer {
         cycle.batch.put_user(user_id, &record)?;
         cycle.usernames.insert(username);
         let frame = frames::encode(reply.request_id, &Body::Registered(Registered { user_id }));
-        cycle.after_commit.push(ShardEvent::Unauthenticated { conn: reply.conn, frame });
+        cycle.after_commit.push(ShardEvent::Unauthenticated {
+            conn: reply.conn,
+            frame,
+        });
         cycle.on_failure.push(ShardEvent::Unauthenticated {
             conn: reply.conn,
-            frame: frames::error(reply.request_id, StatusCode::StorageUnavailable, "store unavailable", false),
+            frame: frames::error(
+                reply.request_id,
+                StatusCode::StorageUnavailable,
+                "store unavailable",
+                false,
+            ),
         });
         Ok(())
     }
@@ -344,7 +401,10 @@ impl Writer {
         device_id: String,
         token: [u8; 32],
     ) -> Result<(), Refusal> {
-        let user = self.store.user(user_id)?.ok_or(Refusal(StatusCode::Unauthorized, "wrong username or password"))?;
+        let user = self.store.user(user_id)?.ok_or(Refusal(
+            StatusCode::Unauthorized,
+            "wrong username or password",
+        ))?;
         let hash = token_hash(&token);
         cycle.batch.put_session(
             &hash,
@@ -354,11 +414,25 @@ impl Writer {
                 created_ms: now_ms(),
             },
         )?;
-        self.authenticate(cycle, reply, user_id, user.username, device_id, token.to_vec(), hash);
+        self.authenticate(
+            cycle,
+            reply,
+            user_id,
+            user.username,
+            device_id,
+            token.to_vec(),
+            hash,
+        );
         Ok(())
     }
 
-    fn resume(&mut self, cycle: &mut Cycle, reply: Reply, token: Vec<u8>, device_id: String) -> Result<(), Refusal> {
+    fn resume(
+        &mut self,
+        cycle: &mut Cycle,
+        reply: Reply,
+        token: Vec<u8>,
+        device_id: String,
+    ) -> Result<(), Refusal> {
         const INVALID: Refusal = Refusal(StatusCode::Unauthorized, "invalid session token");
         if token.len() != crate::limits::SESSION_TOKEN_LEN {
             return Err(INVALID);
@@ -369,7 +443,15 @@ impl Writer {
             return Err(INVALID);
         }
         let user = self.store.user(session.user_id)?.ok_or(INVALID)?;
-        self.authenticate(cycle, reply, session.user_id, user.username, device_id, token, hash);
+        self.authenticate(
+            cycle,
+            reply,
+            session.user_id,
+            user.username,
+            device_id,
+            token,
+            hash,
+        );
         Ok(())
     }
 
@@ -387,7 +469,10 @@ impl Writer {
         hash: [u8; 32],
     ) {
         let devices = self.online.entry(user_id).or_default();
-        if let Some(at) = devices.iter().position(|d| d.device_id == device_id && d.conn != reply.conn) {
+        if let Some(at) = devices
+            .iter()
+            .position(|d| d.device_id == device_id && d.conn != reply.conn)
+        {
             let replaced = devices.swap_remove(at);
             cycle.after_commit.push(ShardEvent::Close {
                 conn: replaced.conn,
@@ -420,7 +505,12 @@ impl Writer {
         });
         cycle.on_failure.push(ShardEvent::Unauthenticated {
             conn: reply.conn,
-            frame: frames::error(reply.request_id, StatusCode::StorageUnavailable, "store unavailable", false),
+            frame: frames::error(
+                reply.request_id,
+                StatusCode::StorageUnavailable,
+                "store unavailable",
+                false,
+            ),
         });
     }
 
@@ -451,9 +541,17 @@ impl Writer {
         }
     }
 
-    fn user_lookup(&mut self, cycle: &mut Cycle, reply: Reply, keys: Vec<UserKey>) -> Result<(), Refusal> {
+    fn user_lookup(
+        &mut self,
+        cycle: &mut Cycle,
+        reply: Reply,
+        keys: Vec<UserKey>,
+    ) -> Result<(), Refusal> {
         if keys.len() > crate::limits::QUERY_USERS_MAX {
-            return Err(Refusal(StatusCode::TooLarge, "too many users in one lookup"));
+            return Err(Refusal(
+                StatusCode::TooLarge,
+                "too many users in one lookup",
+            ));
         }
         let mut users = Vec::with_capacity(keys.len());
         for key in keys {
@@ -462,7 +560,9 @@ impl Writer {
                 UserKey::Name(name) => self.store.user_id_by_name(&name)?,
             };
             let Some(user_id) = user_id else { continue };
-            let Some(record) = self.store.user(user_id)? else { continue };
+            let Some(record) = self.store.user(user_id)? else {
+                continue;
+            };
             users.push(UserInfo {
                 user_id,
                 username: record.username,
@@ -479,7 +579,10 @@ impl Writer {
 
     // ------------------------------------------------------------ messages
 
-    fn conversation(&mut self, conversation_id: ConversationId) -> Result<Option<&mut ConversationRecord>, Refusal> {
+    fn conversation(
+        &mut self,
+        conversation_id: ConversationId,
+    ) -> Result<Option<&mut ConversationRecord>, Refusal> {
         if !self.conversations.contains_key(&conversation_id) {
             match self.store.conversation(conversation_id)? {
                 Some(record) => {
@@ -492,7 +595,12 @@ impl Writer {
     }
 
     /// The 1:1 conversation of two users, created on first use.
-    fn direct_conversation(&mut self, cycle: &mut Cycle, user_id: UserId, peer_id: UserId) -> Result<ConversationId, Refusal> {
+    fn direct_conversation(
+        &mut self,
+        cycle: &mut Cycle,
+        user_id: UserId,
+        peer_id: UserId,
+    ) -> Result<ConversationId, Refusal> {
         let pair = (user_id.min(peer_id), user_id.max(peer_id));
         if let Some(id) = self.direct.get(&pair) {
             return Ok(*id);
@@ -512,7 +620,8 @@ impl Writer {
             members.push(pair.1);
         }
         for member in &members {
-            self.members.insert((*member, conversation_id), MemberRecord::default());
+            self.members
+                .insert((*member, conversation_id), MemberRecord::default());
             cycle.dirty_members.insert((*member, conversation_id));
         }
         self.conversations.insert(
@@ -531,12 +640,21 @@ impl Writer {
         Ok(conversation_id)
     }
 
-    fn send(&mut self, cycle: &mut Cycle, reply: Reply, user_id: UserId, send: Send) -> Result<(), Refusal> {
+    fn send(
+        &mut self,
+        cycle: &mut Cycle,
+        reply: Reply,
+        user_id: UserId,
+        send: Send,
+    ) -> Result<(), Refusal> {
         let dedupe_key = (user_id, send.client_message_id);
         if let Some(ack) = cycle.sends.get(&dedupe_key) {
             // A retry inside the same batch: answer once the original is durable.
             let frame = frames::encode(reply.request_id, &Body::SendAck(ack.clone()));
-            cycle.after_commit.push(ShardEvent::Frame { conn: reply.conn, frame });
+            cycle.after_commit.push(ShardEvent::Frame {
+                conn: reply.conn,
+                frame,
+            });
             Self::refuse_on_failure(cycle, reply);
             return Ok(());
         }
@@ -549,7 +667,10 @@ impl Writer {
                 server_time_ms: record.server_time_ms,
             };
             let frame = frames::encode(reply.request_id, &Body::SendAck(ack));
-            cycle.immediate.push(ShardEvent::Frame { conn: reply.conn, frame });
+            cycle.immediate.push(ShardEvent::Frame {
+                conn: reply.conn,
+                frame,
+            });
             return Ok(());
         }
         let conversation_id = match send.to {
@@ -561,7 +682,10 @@ impl Writer {
             .conversation(conversation_id)?
             .ok_or(Refusal(StatusCode::NotFound, "no such conversation"))?;
         if !record.members.contains(&user_id) {
-            return Err(Refusal(StatusCode::Forbidden, "not a member of this conversation"));
+            return Err(Refusal(
+                StatusCode::Forbidden,
+                "not a member of this conversation",
+            ));
         }
         let seq = record.last_seq + 1;
         // Times never go backwards inside a conversation (history by time
@@ -595,7 +719,9 @@ impl Writer {
             seq,
             server_time_ms,
         };
-        cycle.batch.put_dedupe(user_id, send.client_message_id, &dedupe)?;
+        cycle
+            .batch
+            .put_dedupe(user_id, send.client_message_id, &dedupe)?;
         let ack = SendAck {
             client_message_id: send.client_message_id,
             message_id,
@@ -614,7 +740,9 @@ impl Writer {
         // the stored bytes once and share them with every recipient.
         let deliver = raw_frame(0, Command::Deliver, &wire);
         for member in members {
-            let Some(devices) = self.online.get(&member) else { continue };
+            let Some(devices) = self.online.get(&member) else {
+                continue;
+            };
             for device in devices.iter().filter(|d| d.conn != reply.conn) {
                 cycle.after_commit.push(ShardEvent::Deliver {
                     conn: device.conn,
@@ -631,7 +759,6 @@ impl Writer {
     fn advance_cursor(
         &mut self,
         cycle: &mut Cycle,
-        reply: Reply,
         user_id: UserId,
         conversation_id: ConversationId,
         seq: Seq,
@@ -647,7 +774,10 @@ impl Writer {
         let key = (user_id, conversation_id);
         if !self.members.contains_key(&key) {
             let Some(record) = self.store.member(user_id, conversation_id)? else {
-                return Err(Refusal(StatusCode::Forbidden, "not a member of this conversation"));
+                return Err(Refusal(
+                    StatusCode::Forbidden,
+                    "not a member of this conversation",
+                ));
             };
             self.members.insert(key, record);
         }
@@ -681,7 +811,9 @@ impl Writer {
                 }),
             );
             for member in members.into_iter().filter(|m| *m != user_id) {
-                let Some(devices) = self.online.get(&member) else { continue };
+                let Some(devices) = self.online.get(&member) else {
+                    continue;
+                };
                 for device in devices {
                     cycle.after_commit.push(ShardEvent::Frame {
                         conn: device.conn,

@@ -171,7 +171,7 @@ pub fn run(args: &[String]) -> i32 {
             return match early.status {
                 // --help
                 Ok(()) => {
-                    println!("{}", early.output);
+                    println!("{}", early.output.trim_end());
                     0
                 }
                 Err(()) => {
@@ -332,7 +332,12 @@ fn register(context: &Context, args: RegisterArgs) -> CliResult {
 
 fn login(context: &Context, args: LoginArgs) -> CliResult {
     // The session file is line-based; a device id must stay on its line.
-    if args.device.is_empty() || args.device.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if args.device.is_empty()
+        || args
+            .device
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+    {
         return Err(CliError(
             "the device id must be non-empty, without spaces or control characters".into(),
         ));
@@ -433,7 +438,9 @@ fn history(context: &Context, args: HistoryArgs) -> CliResult {
                 .ok_or_else(|| CliError(format!("no conversation with {username}")))?
         }
         (Some(_), Some(_)) => {
-            return Err(CliError("give a username or --conversation, not both".into()))
+            return Err(CliError(
+                "give a username or --conversation, not both".into(),
+            ))
         }
         (None, None) => {
             return Err(CliError(
@@ -491,9 +498,11 @@ fn direct_conversation(conn: &mut Connection, peer: UserId) -> CliResult<Option<
     let mut after = 0;
     loop {
         let page = conn.conversation_list(after, PAGE)?;
-        if let Some(found) = page.conversations.iter().find(
-            |c| matches!(c.kind, ConversationKind::Direct { peer_id } if peer_id == peer),
-        ) {
+        if let Some(found) = page
+            .conversations
+            .iter()
+            .find(|c| matches!(c.kind, ConversationKind::Direct { peer_id } if peer_id == peer))
+        {
             return Ok(Some(found.conversation_id));
         }
         match page.conversations.last() {
@@ -576,7 +585,15 @@ mod tests {
         assert_eq!(send.words, ["bob", "hello", "there"]);
         assert_eq!(send.conversation, None);
 
-        let cli = parse(&["--server", "10.0.0.1:1", "send", "--conversation", "7", "hi"]).unwrap();
+        let cli = parse(&[
+            "--server",
+            "10.0.0.1:1",
+            "send",
+            "--conversation",
+            "7",
+            "hi",
+        ])
+        .unwrap();
         assert_eq!(cli.server.as_deref(), Some("10.0.0.1:1"));
         let Command::Send(send) = cli.command else {
             panic!()
@@ -600,7 +617,11 @@ mod tests {
             panic!()
         };
         assert_eq!(
-            (history.username.as_deref(), history.limit, history.before_seq),
+            (
+                history.username.as_deref(),
+                history.limit,
+                history.before_seq
+            ),
             (Some("bob"), 5, Some(9))
         );
         assert!(parse(&["sync"]).is_ok());
@@ -631,5 +652,134 @@ mod tests {
     fn usage_errors_exit_1_and_help_exits_0() {
         assert_eq!(run(&["bogus".to_string()]), 1);
         assert_eq!(run(&["--help".to_string()]), 0);
+    }
+
+    /// Every command against the fake server, checking what reached it.
+    #[test]
+    fn commands_end_to_end_against_a_fake_server() {
+        use super::super::test_server::{logged_in, serve_with, text_message, FakeConfig};
+        use crate::protocol::*;
+
+        let (addr, seen) = serve_with(FakeConfig::default(), |server, id, body| {
+            let reply = match body {
+                Body::Login(_) => logged_in(&[0xab; 4]),
+                Body::Resume(r) if r.session_token == [0xab; 4] => {
+                    let reply = logged_in(&r.session_token);
+                    server.send(id, reply);
+                    server.send(
+                        0,
+                        Body::Deliver(Deliver {
+                            message: text_message(3, 9, "pushed"),
+                        }),
+                    );
+                    return;
+                }
+                Body::Resume(_) => Body::Error(ErrorReply {
+                    code: StatusCode::Unauthorized as u16,
+                    closing: false,
+                    message: "bad token".into(),
+                }),
+                Body::UserLookup(_) => Body::UserList(UserList {
+                    users: vec![UserInfo {
+                        user_id: 2,
+                        username: "bob".into(),
+                        online: true,
+                        last_seen_ms: 0,
+                    }],
+                }),
+                Body::Send(send) => Body::SendAck(SendAck {
+                    client_message_id: send.client_message_id,
+                    message_id: 900,
+                    conversation_id: 3,
+                    seq: 10,
+                    server_time_ms: 0,
+                }),
+                Body::Sync(_) => {
+                    server.send(
+                        id,
+                        Body::SyncPage(SyncPage {
+                            messages: vec![text_message(3, 1, "one")],
+                        }),
+                    );
+                    Body::SyncEnd(SyncEnd { cursors: vec![] })
+                }
+                Body::ConversationList(_) => Body::ConversationListPage(ConversationListPage {
+                    conversations: vec![ConversationSummary {
+                        conversation_id: 3,
+                        kind: ConversationKind::Direct { peer_id: 2 },
+                        last_seq: 10,
+                        read_seq: 0,
+                        unread_count: 0,
+                        pinned: false,
+                        muted: false,
+                        last_message: None,
+                    }],
+                    more: false,
+                }),
+                Body::History(_) => Body::HistoryPage(HistoryPage {
+                    messages: vec![text_message(3, 2, "b"), text_message(3, 1, "a")],
+                    more: false,
+                }),
+                Body::Ping(p) => Body::Pong(Pong {
+                    nonce: p.nonce,
+                    server_time_ms: 0,
+                }),
+                Body::Logout(_) => Body::Ok(OkReply {}),
+                _ => return,
+            };
+            server.send(id, reply);
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let session_path = dir.path().join("gust/session");
+        let gust = |args: &[&str]| {
+            let mut all = vec![
+                "--server".to_string(),
+                addr.to_string(),
+                "--session-file".to_string(),
+                session_path.display().to_string(),
+            ];
+            all.extend(args.iter().map(|a| a.to_string()));
+            run(&all)
+        };
+        let frames = || seen.try_iter().map(|(_, body)| body).collect::<Vec<_>>();
+
+        assert_eq!(gust(&["send", "bob", "hi"]), 1, "not logged in yet");
+        assert_eq!(
+            gust(&["login", "alice", "--password", "pw", "--device", "laptop"]),
+            0
+        );
+        let saved = SessionFile::load(&session_path).unwrap();
+        assert_eq!(saved.token, [0xab; 4]);
+        assert_eq!(saved.server, addr.to_string());
+        assert!(matches!(&frames()[..], [Body::Login(l)] if l.device_id == "laptop"));
+
+        assert_eq!(gust(&["send", "bob", "hello", "there"]), 0);
+        let sent = frames();
+        assert!(
+            sent.iter().any(|b| matches!(b, Body::Send(s)
+                if s.to == Target::User(2)
+                    && s.content == Content::Text { text: "hello there".into() })),
+            "{sent:?}"
+        );
+
+        assert_eq!(gust(&["listen", "--count", "1"]), 0);
+        assert!(frames().contains(&Body::DeliveryAck(DeliveryAck {
+            conversation_id: 3,
+            seq: 9
+        })));
+
+        assert_eq!(gust(&["sync"]), 0);
+        assert!(frames().contains(&Body::DeliveryAck(DeliveryAck {
+            conversation_id: 3,
+            seq: 1
+        })));
+
+        assert_eq!(gust(&["history", "bob", "--before-seq", "5"]), 0);
+        assert!(frames().iter().any(|b| matches!(b, Body::History(h)
+            if h.conversation_id == 3 && h.anchor == HistoryAnchor::BeforeSeq(5))));
+
+        assert_eq!(gust(&["logout"]), 0);
+        assert!(!session_path.exists());
+        assert!(frames().contains(&Body::Logout(Logout {})));
     }
 }

@@ -450,14 +450,13 @@ impl Connection {
     /// Returns the messages in the order the server sent them, without
     /// duplicates. With auto-ack on, acks the highest seq of each conversation.
     pub fn sync(&mut self, cursors: Vec<SyncCursor>) -> Result<Vec<Message>> {
-        let deadline = Instant::now() + self.timeout;
+        let mut deadline = Instant::now() + self.timeout;
         let request_id = self.send_frame(&Body::Sync(Sync {
             cursors,
             page_messages_max: 0,
         }))?;
         let mut messages = Vec::new();
         let mut returned = HashSet::new();
-        let mut deadline = deadline;
         loop {
             match self.await_response(request_id, deadline)? {
                 Body::SyncPage(page) => {
@@ -519,8 +518,10 @@ impl Connection {
     }
 
     pub fn lookup_user_by_name(&mut self, username: &str) -> Result<Option<UserInfo>> {
+        // One key asked, so the one answer (if any) is its match, even if the
+        // server normalised the name's spelling.
         let users = self.lookup_users(vec![UserKey::Name(username.to_string())])?;
-        Ok(users.into_iter().find(|u| u.username == username))
+        Ok(users.into_iter().next())
     }
 
     pub fn lookup_user_by_id(&mut self, user_id: UserId) -> Result<Option<UserInfo>> {
@@ -685,8 +686,12 @@ impl Connection {
         };
         if let Body::Error(reply) = body {
             if incoming.request_id == 0 || reply.closing {
+                // An error about no request is about the connection: it ends.
                 self.close();
-                return Err(ClientError::from_reply(reply));
+                return Err(ClientError::from_reply(ErrorReply {
+                    closing: true,
+                    ..reply
+                }));
             }
             log::warn!(
                 "request {} failed: {}",
@@ -805,10 +810,7 @@ impl Connection {
 }
 
 fn unexpected(expected: &str, got: &Body) -> ClientError {
-    ClientError::UnexpectedResponse(format!(
-        "expected {expected}, got {}",
-        got.command().name()
-    ))
+    ClientError::UnexpectedResponse(format!("expected {expected}, got {}", got.command().name()))
 }
 
 #[cfg(test)]
@@ -886,7 +888,11 @@ mod tests {
                 server.send(
                     0,
                     Body::SyncPage(SyncPage {
-                        messages: vec![text_message(5, 1, "a"), text_message(5, 2, "b"), text_message(5, 3, "c")],
+                        messages: vec![
+                            text_message(5, 1, "a"),
+                            text_message(5, 2, "b"),
+                            text_message(5, 3, "c"),
+                        ],
                     }),
                 );
                 server.send(0, Body::SyncEnd(SyncEnd { cursors: vec![] }));
@@ -909,8 +915,14 @@ mod tests {
         assert_eq!(
             acks,
             [
-                Body::DeliveryAck(DeliveryAck { conversation_id: 5, seq: 2 }),
-                Body::DeliveryAck(DeliveryAck { conversation_id: 5, seq: 3 }),
+                Body::DeliveryAck(DeliveryAck {
+                    conversation_id: 5,
+                    seq: 2
+                }),
+                Body::DeliveryAck(DeliveryAck {
+                    conversation_id: 5,
+                    seq: 3
+                }),
             ]
         );
     }
@@ -919,10 +931,33 @@ mod tests {
     fn sync_collects_pages_and_errors_carry_status() {
         let (addr, _seen) = serve(None, false, |server, id, body| match body {
             Body::Sync(_) => {
-                server.send(id, Body::SyncPage(SyncPage { messages: vec![text_message(1, 1, "a")] }));
-                server.send(0, Body::Deliver(Deliver { message: text_message(1, 2, "b") }));
-                server.send(id, Body::SyncPage(SyncPage { messages: vec![text_message(1, 2, "b")] }));
-                server.send(id, Body::SyncEnd(SyncEnd { cursors: vec![SyncCursor { conversation_id: 1, seq: 2 }] }));
+                server.send(
+                    id,
+                    Body::SyncPage(SyncPage {
+                        messages: vec![text_message(1, 1, "a")],
+                    }),
+                );
+                server.send(
+                    0,
+                    Body::Deliver(Deliver {
+                        message: text_message(1, 2, "b"),
+                    }),
+                );
+                server.send(
+                    id,
+                    Body::SyncPage(SyncPage {
+                        messages: vec![text_message(1, 2, "b")],
+                    }),
+                );
+                server.send(
+                    id,
+                    Body::SyncEnd(SyncEnd {
+                        cursors: vec![SyncCursor {
+                            conversation_id: 1,
+                            seq: 2,
+                        }],
+                    }),
+                );
             }
             Body::History(_) => server.send(
                 id,
@@ -945,7 +980,9 @@ mod tests {
         let mut conn = Connection::connect(addr, &options(None)).unwrap();
         let messages = conn.sync(Vec::new()).unwrap();
         assert_eq!(messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2]);
-        let e = conn.history(1, HistoryAnchor::BeforeSeq(10), 5).unwrap_err();
+        let e = conn
+            .history(1, HistoryAnchor::BeforeSeq(10), 5)
+            .unwrap_err();
         assert_eq!(e.status(), Some(StatusCode::Forbidden));
         let e = conn.lookup_user_by_name("bob").unwrap_err();
         assert_eq!(e.status(), Some(StatusCode::Internal));
@@ -970,7 +1007,10 @@ mod tests {
         });
         let mut conn = Connection::connect(addr, &options(None)).unwrap();
         let e = conn.ping().unwrap_err();
-        assert!(matches!(e, ClientError::GoingAway(GoingAwayReason::Shutdown)), "{e:?}");
+        assert!(
+            matches!(e, ClientError::GoingAway(GoingAwayReason::Shutdown)),
+            "{e:?}"
+        );
         assert!(e.is_transient());
         assert!(!conn.is_open());
         // The queued GoingAway event is still handed out, then the error.
@@ -1005,10 +1045,15 @@ mod tests {
     #[test]
     fn garbage_from_the_server_is_an_error_not_a_panic() {
         let (addr, _seen) = serve(None, false, |server, _id, _body| {
-            let _ = server.stream.write_all(&[0xA7, 0x47, 1, 0, 0, 0x0A, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff]);
+            let _ = server.stream.write_all(&[
+                0xA7, 0x47, 1, 0, 0, 0x0A, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff,
+            ]);
         });
         let mut conn = Connection::connect(addr, &options(None)).unwrap();
-        assert!(matches!(conn.ping(), Err(ClientError::Frame(FrameError::TooLarge { .. }))));
+        assert!(matches!(
+            conn.ping(),
+            Err(ClientError::Frame(FrameError::TooLarge { .. }))
+        ));
         assert!(!conn.is_open());
     }
 
@@ -1021,8 +1066,20 @@ mod tests {
                 // The first ping goes unanswered until the second arrives:
                 // its late pong must be dropped, not taken for the second's.
                 if pings == 2 {
-                    server.send(id - 1, Body::Pong(Pong { nonce: 0, server_time_ms: 0 }));
-                    server.send(id, Body::Pong(Pong { nonce: p.nonce, server_time_ms: 0 }));
+                    server.send(
+                        id - 1,
+                        Body::Pong(Pong {
+                            nonce: 0,
+                            server_time_ms: 0,
+                        }),
+                    );
+                    server.send(
+                        id,
+                        Body::Pong(Pong {
+                            nonce: p.nonce,
+                            server_time_ms: 0,
+                        }),
+                    );
                 }
             }
         });
@@ -1042,12 +1099,21 @@ mod tests {
         };
         let (addr, seen) = serve_with(config, |server, id, body| {
             if let Body::Ping(p) = body {
-                server.send(id, Body::Pong(Pong { nonce: p.nonce, server_time_ms: 0 }));
+                server.send(
+                    id,
+                    Body::Pong(Pong {
+                        nonce: p.nonce,
+                        server_time_ms: 0,
+                    }),
+                );
             }
         });
         let mut conn = Connection::connect(addr, &options(None)).unwrap();
         assert_eq!(conn.next_event(Duration::from_millis(400)).unwrap(), None);
-        let pings = seen.try_iter().filter(|(_, b)| matches!(b, Body::Ping(_))).count();
+        let pings = seen
+            .try_iter()
+            .filter(|(_, b)| matches!(b, Body::Ping(_)))
+            .count();
         assert!((3..=9).contains(&pings), "{pings} pings");
     }
 }

@@ -4,7 +4,9 @@
 //! variants keep the protocol's own error types so a caller can tell a lost
 //! connection (retry elsewhere) from a refused request (do not retry).
 
-use crate::protocol::{BodyError, CipherError, EncodeError, FrameError, GoingAwayReason, StatusCode};
+use crate::protocol::{
+    BodyError, CipherError, EncodeError, FrameError, GoingAwayReason, StatusCode,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -60,7 +62,10 @@ impl ClientError {
         match self {
             ClientError::Io(_) | ClientError::Closed | ClientError::Timeout => true,
             ClientError::Server { code, .. } => {
-                matches!(code, StatusCode::ServerBusy | StatusCode::StorageUnavailable)
+                matches!(
+                    code,
+                    StatusCode::ServerBusy | StatusCode::StorageUnavailable
+                )
             }
             // Replaced and Revoked mean another login owns this device or the
             // session is gone: reconnecting would fight it or fail.

@@ -192,7 +192,10 @@ mod tests {
             }),
             "[file a.pdf 10 bytes u]"
         );
-        assert_eq!(content_text(&Content::Recalled { seq: 3 }), "[recalled seq 3]");
+        assert_eq!(
+            content_text(&Content::Recalled { seq: 3 }),
+            "[recalled seq 3]"
+        );
         assert_eq!(
             content_text(&Content::GroupEvent {
                 event: GroupEventKind::Kicked,

@@ -41,8 +41,12 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The wait after failed try number `failures` (1-based).
     pub fn backoff(&self, failures: u32) -> Duration {
-        let factor = 1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX);
-        self.backoff_initial.saturating_mul(factor).min(self.backoff_max)
+        let factor = 1u32
+            .checked_shl(failures.saturating_sub(1))
+            .unwrap_or(u32::MAX);
+        self.backoff_initial
+            .saturating_mul(factor)
+            .min(self.backoff_max)
     }
 }
 
@@ -158,9 +162,9 @@ impl Session {
         extras: BTreeMap<String, String>,
     ) -> Result<SendAck> {
         let mut id = [0u8; 8];
-        SystemRandom::new()
-            .fill(&mut id)
-            .map_err(|_| ClientError::Io(std::io::Error::other("the system random source failed")))?;
+        SystemRandom::new().fill(&mut id).map_err(|_| {
+            ClientError::Io(std::io::Error::other("the system random source failed"))
+        })?;
         let client_message_id = u64::from_le_bytes(id);
         self.send_with_id(client_message_id, to, content, extras)
     }
@@ -172,7 +176,9 @@ impl Session {
         content: Content,
         extras: BTreeMap<String, String>,
     ) -> Result<SendAck> {
-        self.with_retry(|conn| conn.send_with_id(client_message_id, to, content.clone(), extras.clone()))
+        self.with_retry(|conn| {
+            conn.send_with_id(client_message_id, to, content.clone(), extras.clone())
+        })
     }
 
     pub fn send_text(&mut self, to: Target, text: &str) -> Result<SendAck> {

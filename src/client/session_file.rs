@@ -60,7 +60,8 @@ impl SessionFile {
                 "device_id" => device_id = Some(value),
                 "token" => {
                     token = Some(
-                        hex_decode(&value).ok_or_else(|| format!("line {}: bad token", number + 1))?,
+                        hex_decode(&value)
+                            .ok_or_else(|| format!("line {}: bad token", number + 1))?,
                     )
                 }
                 _ => {}
@@ -157,7 +158,8 @@ mod tests {
 
     #[test]
     fn parse_tolerates_comments_blanks_and_unknown_keys() {
-        let text = "\n# hi\nserver = h:1\nuser_id=1\nusername=bob\nfuture=x\ndevice_id=d\ntoken=00ff\n";
+        let text =
+            "\n# hi\nserver = h:1\nuser_id=1\nusername=bob\nfuture=x\ndevice_id=d\ntoken=00ff\n";
         let s = SessionFile::parse(text).unwrap();
         assert_eq!(s.server, "h:1");
         assert_eq!(s.token, vec![0, 255]);
@@ -165,7 +167,9 @@ mod tests {
 
     #[test]
     fn parse_errors() {
-        assert!(SessionFile::parse("server=x").unwrap_err().contains("user_id"));
+        assert!(SessionFile::parse("server=x")
+            .unwrap_err()
+            .contains("user_id"));
         assert!(SessionFile::parse("garbage").is_err());
         assert!(SessionFile::parse("user_id=x").is_err());
         assert!(SessionFile::parse("token=abc").is_err());

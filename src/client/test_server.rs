@@ -54,7 +54,15 @@ impl FakeServer {
 
     pub fn send(&mut self, request_id: u32, body: Body) {
         let mut out = BytesMut::new();
-        encode_frame(&mut out, 1, request_id, &body, self.cipher.as_mut(), 1 << 20).unwrap();
+        encode_frame(
+            &mut out,
+            1,
+            request_id,
+            &body,
+            self.cipher.as_mut(),
+            1 << 20,
+        )
+        .unwrap();
         // The client may have gone; the test decides whether that matters.
         if self.dribble {
             for byte in out.iter() {

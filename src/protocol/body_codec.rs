@@ -39,9 +39,15 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, BodyError> {
     const TIER_SMALL: usize = 64 * 1024;
     const TIER_MEDIUM: usize = 1024 * 1024;
     let result = if payload.len() <= TIER_SMALL {
-        bincode::serde::decode_from_slice(payload, config::standard().with_limit::<{ 2 * TIER_SMALL }>())
+        bincode::serde::decode_from_slice(
+            payload,
+            config::standard().with_limit::<{ 2 * TIER_SMALL }>(),
+        )
     } else if payload.len() <= TIER_MEDIUM {
-        bincode::serde::decode_from_slice(payload, config::standard().with_limit::<{ 2 * TIER_MEDIUM }>())
+        bincode::serde::decode_from_slice(
+            payload,
+            config::standard().with_limit::<{ 2 * TIER_MEDIUM }>(),
+        )
     } else {
         const CEILING: usize = 2 * crate::limits::PAYLOAD_LEN_CEILING as usize;
         bincode::serde::decode_from_slice(payload, config::standard().with_limit::<CEILING>())
@@ -56,7 +62,8 @@ pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, BodyError> {
 /// Encodes a value to a fresh vector: for storage records, which use the same
 /// encoding as the wire so one decoder serves both.
 pub fn encode_to_vec<T: Serialize>(value: &T) -> Result<Vec<u8>, BodyError> {
-    bincode::serde::encode_to_vec(value, config::standard()).map_err(|e| BodyError::Unencodable(e.to_string()))
+    bincode::serde::encode_to_vec(value, config::standard())
+        .map_err(|e| BodyError::Unencodable(e.to_string()))
 }
 
 /// Appends the encoding of a sequence length (a varint): pages of stored

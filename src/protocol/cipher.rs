@@ -72,7 +72,8 @@ pub trait PayloadCipher: Send {
     ) -> Result<(), CipherError>;
     /// Decrypts `payload` (ciphertext then tag) in place and returns the
     /// plaintext length.
-    fn open(&mut self, header: &[u8; HEADER_LEN], payload: &mut [u8]) -> Result<usize, CipherError>;
+    fn open(&mut self, header: &[u8; HEADER_LEN], payload: &mut [u8])
+        -> Result<usize, CipherError>;
 }
 
 /// Cipher 0: the payload travels as is.
@@ -88,7 +89,12 @@ impl PayloadCipher for NoCipher {
         0
     }
 
-    fn seal(&mut self, _: &[u8; HEADER_LEN], _: &mut [u8], _: &mut [u8]) -> Result<(), CipherError> {
+    fn seal(
+        &mut self,
+        _: &[u8; HEADER_LEN],
+        _: &mut [u8],
+        _: &mut [u8],
+    ) -> Result<(), CipherError> {
         Ok(())
     }
 
@@ -167,10 +173,16 @@ impl PayloadCipher for ChaChaCipher {
         tag_out: &mut [u8],
     ) -> Result<(), CipherError> {
         let counter = self.sent;
-        self.sent = counter.checked_add(1).ok_or(CipherError::CounterExhausted)?;
+        self.sent = counter
+            .checked_add(1)
+            .ok_or(CipherError::CounterExhausted)?;
         let tag = self
             .key
-            .seal_in_place_separate_tag(Self::nonce(self.role, counter), Aad::from(header), plaintext)
+            .seal_in_place_separate_tag(
+                Self::nonce(self.role, counter),
+                Aad::from(header),
+                plaintext,
+            )
             .map_err(|_| CipherError::Authentication)?;
         if tag_out.len() != tag.as_ref().len() {
             return Err(CipherError::Truncated);
@@ -179,15 +191,25 @@ impl PayloadCipher for ChaChaCipher {
         Ok(())
     }
 
-    fn open(&mut self, header: &[u8; HEADER_LEN], payload: &mut [u8]) -> Result<usize, CipherError> {
+    fn open(
+        &mut self,
+        header: &[u8; HEADER_LEN],
+        payload: &mut [u8],
+    ) -> Result<usize, CipherError> {
         if payload.len() < self.overhead() {
             return Err(CipherError::Truncated);
         }
         let counter = self.received;
-        self.received = counter.checked_add(1).ok_or(CipherError::CounterExhausted)?;
+        self.received = counter
+            .checked_add(1)
+            .ok_or(CipherError::CounterExhausted)?;
         let plaintext = self
             .key
-            .open_in_place(Self::nonce(self.role.peer(), counter), Aad::from(header), payload)
+            .open_in_place(
+                Self::nonce(self.role.peer(), counter),
+                Aad::from(header),
+                payload,
+            )
             .map_err(|_| CipherError::Authentication)?;
         Ok(plaintext.len())
     }

@@ -170,7 +170,10 @@ impl FrameDecoder {
         let Some(header_bytes) = buf.first_chunk::<HEADER_LEN>() else {
             if let Some(&first) = buf.first() {
                 if first != MAGIC[0] {
-                    return Err(FrameError::BadMagic([first, buf.get(1).copied().unwrap_or(0)]));
+                    return Err(FrameError::BadMagic([
+                        first,
+                        buf.get(1).copied().unwrap_or(0),
+                    ]));
                 }
             }
             return Ok(None);
@@ -268,7 +271,17 @@ pub fn encode_frame(
     let result = body
         .encode_into(out)
         .map_err(EncodeError::from)
-        .and_then(|()| finish_frame(out, start, version, body.command() as u16, request_id, cipher, payload_len_max));
+        .and_then(|()| {
+            finish_frame(
+                out,
+                start,
+                version,
+                body.command() as u16,
+                request_id,
+                cipher,
+                payload_len_max,
+            )
+        });
     if result.is_err() {
         out.truncate(start);
     }
@@ -291,7 +304,15 @@ pub fn encode_raw_frame(
     out.reserve(FRAME_OVERHEAD + payload.len() + cipher.overhead());
     out.put_bytes(0, HEADER_LEN);
     out.put_slice(payload);
-    let result = finish_frame(out, start, version, command, request_id, cipher, payload_len_max);
+    let result = finish_frame(
+        out,
+        start,
+        version,
+        command,
+        request_id,
+        cipher,
+        payload_len_max,
+    );
     if result.is_err() {
         out.truncate(start);
     }

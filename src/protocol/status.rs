@@ -5,7 +5,6 @@
 //! codes (`too_large`) can be either: a frame too large to read loses framing,
 //! a text field too long inside a good frame does not.
 
-
 /// Why a request failed, or why the server is closing the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u16)]

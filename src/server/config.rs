@@ -21,7 +21,7 @@ use crate::store::Durability;
 #[derive(FromArgs, Debug)]
 pub struct Flags {
     /// address to listen on (default 127.0.0.1:7700)
-    #[argh(option, default = "\"127.0.0.1:7700\".parse().expect(\"valid default\")")]
+    #[argh(option, default = "default_listen()")]
     pub listen: SocketAddr,
 
     /// directory of the RocksDB store, created if missing (default ./gust-data)
@@ -32,9 +32,9 @@ pub struct Flags {
     #[argh(option)]
     pub shards: Option<usize>,
 
-    /// "sync": fsync the WAL before acking (survives power loss; default);
-    /// "buffered": ack once the WAL is in the page cache (survives kill -9,
-    /// not power loss)
+    /// when an ack is sent: "sync" fsyncs the WAL first (survives power
+    /// loss; the default), "buffered" once the WAL is in the page cache
+    /// (survives kill -9, not power loss)
     #[argh(option, default = "String::from(\"sync\")")]
     pub durability: String,
 
@@ -98,6 +98,11 @@ pub struct Flags {
     pub version: bool,
 }
 
+/// The embedded default: loopback only, so a fresh install exposes nothing.
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7700))
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -124,7 +129,9 @@ pub struct Config {
 const CONNECTIONS_CEILING: usize = u32::MAX as usize;
 
 fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 impl Config {
@@ -132,7 +139,11 @@ impl Config {
         let durability = match flags.durability.as_str() {
             "sync" => Durability::Sync,
             "buffered" => Durability::Buffered,
-            other => return Err(format!("--durability must be sync or buffered, not {other:?}")),
+            other => {
+                return Err(format!(
+                    "--durability must be sync or buffered, not {other:?}"
+                ))
+            }
         };
         let log_level = flags
             .log_level
@@ -149,7 +160,9 @@ impl Config {
         if flags.max_connections == 0 || flags.max_connections > CONNECTIONS_CEILING {
             return Err("--max-connections out of range".into());
         }
-        if !(limits::PAYLOAD_LEN_FLOOR..=limits::PAYLOAD_LEN_CEILING).contains(&flags.payload_len_max) {
+        if !(limits::PAYLOAD_LEN_FLOOR..=limits::PAYLOAD_LEN_CEILING)
+            .contains(&flags.payload_len_max)
+        {
             return Err(format!(
                 "--payload-len-max must be between {} and {}",
                 limits::PAYLOAD_LEN_FLOOR,
@@ -163,7 +176,9 @@ impl Config {
             return Err("timeouts are capped at a day (idle) and an hour (handshake)".into());
         }
         if flags.send_queue_bytes_max < 64 * 1024 {
-            return Err("--send-queue-bytes-max must be at least 65536 (a sync page must fit)".into());
+            return Err(
+                "--send-queue-bytes-max must be at least 65536 (a sync page must fit)".into(),
+            );
         }
         if flags.argon2_memory_kib < 8 || flags.argon2_iterations == 0 {
             return Err("argon2 costs too low".into());
@@ -198,7 +213,8 @@ impl Config {
             },
             reader: ReaderConfig {
                 // Pages stay well inside what the client accepts.
-                page_bytes_max: (limits::PAYLOAD_LEN_DEFAULT as usize / 2).min(flags.send_queue_bytes_max / 4),
+                page_bytes_max: (limits::PAYLOAD_LEN_DEFAULT as usize / 2)
+                    .min(flags.send_queue_bytes_max / 4),
                 ..ReaderConfig::default()
             },
         })
@@ -212,7 +228,8 @@ fn read_psk(path: &std::path::Path) -> Result<[u8; PSK_LEN], String> {
     let mut key = [0u8; PSK_LEN];
     if trimmed.len() == PSK_LEN * 2 && trimmed.chars().all(|c| c.is_ascii_hexdigit()) {
         for (i, byte) in key.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&trimmed[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
+            *byte =
+                u8::from_str_radix(&trimmed[2 * i..2 * i + 2], 16).map_err(|e| e.to_string())?;
         }
         return Ok(key);
     }
@@ -220,5 +237,8 @@ fn read_psk(path: &std::path::Path) -> Result<[u8; PSK_LEN], String> {
         key.copy_from_slice(&bytes);
         return Ok(key);
     }
-    Err(format!("{} must hold 32 raw bytes or 64 hex digits", path.display()))
+    Err(format!(
+        "{} must hold 32 raw bytes or 64 hex digits",
+        path.display()
+    ))
 }

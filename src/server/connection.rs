@@ -24,7 +24,9 @@ pub enum Stage {
     Unauthenticated,
     /// A register, login or resume is being processed off the shard.
     Authenticating,
-    Authenticated { user_id: UserId },
+    Authenticated {
+        user_id: UserId,
+    },
     /// Writing what is queued (an error or a going-away), then closing.
     Closing,
 }

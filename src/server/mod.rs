@@ -63,8 +63,12 @@ impl Server {
     pub fn start(config: Config) -> Result<Server, String> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
-        let store = Store::open(&config.data_dir, config.durability)
-            .map_err(|e| format!("cannot open the store in {}: {e}", config.data_dir.display()))?;
+        let store = Store::open(&config.data_dir, config.durability).map_err(|e| {
+            format!(
+                "cannot open the store in {}: {e}",
+                config.data_dir.display()
+            )
+        })?;
 
         // Bind every shard's listener first: the first bind fixes the port
         // when 0 was asked for, the others share it through SO_REUSEPORT.
@@ -79,7 +83,9 @@ impl Server {
         }
         let mut inboxes = Vec::new();
         for poll in &polls {
-            inboxes.push(Arc::new(Inbox::new(poll).map_err(|e| format!("cannot create a waker: {e}"))?));
+            inboxes.push(Arc::new(
+                Inbox::new(poll).map_err(|e| format!("cannot create a waker: {e}"))?,
+            ));
         }
         let inboxes = Arc::new(Inboxes(inboxes));
         let sink: Arc<dyn ShardSink> = inboxes.clone();
@@ -94,9 +100,18 @@ impl Server {
             .name("gust-writer".into())
             .spawn(move || writer.run(writer_rx))
             .map_err(|e| e.to_string())?;
-        let reader = Arc::new(Reader::new(store.clone(), sink.clone(), config.reader.clone()));
+        let reader = Arc::new(Reader::new(
+            store.clone(),
+            sink.clone(),
+            config.reader.clone(),
+        ));
         let readers = reader.spawn(config.readers, readers_rx);
-        let accounts = Arc::new(Accounts::new(&config.accounts, store.clone(), writer_tx.clone(), sink.clone())?);
+        let accounts = Arc::new(Accounts::new(
+            &config.accounts,
+            store.clone(),
+            writer_tx.clone(),
+            sink.clone(),
+        )?);
         let hashers = accounts.spawn(config.hashers, hashers_rx);
 
         let shared = Arc::new(Shared {

@@ -24,7 +24,9 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use super::config::Config;
 use super::connection::{Connection, Stage, SyncState};
 use super::timer::TimerWheel;
-use crate::chat::{validate, ConnRef, HashJob, ReaderJob, Reply, ShardEvent, ShardSink, WriterRequest};
+use crate::chat::{
+    validate, ConnRef, HashJob, ReaderJob, Reply, ShardEvent, ShardSink, WriterRequest,
+};
 use crate::limits;
 use crate::protocol::cipher::{self, NoCipher, Role, CONNECTION_NONCE_LEN};
 use crate::protocol::frame::{self, HEADER_LEN, VERSION_MAX, VERSION_MIN};
@@ -168,9 +170,16 @@ enum Flow {
 }
 
 impl Shard {
-    pub fn new(id: u16, poll: Poll, listener: TcpListener, inbox: Arc<Inbox>, shared: Arc<Shared>) -> std::io::Result<Shard> {
+    pub fn new(
+        id: u16,
+        poll: Poll,
+        listener: TcpListener,
+        inbox: Arc<Inbox>,
+        shared: Arc<Shared>,
+    ) -> std::io::Result<Shard> {
         let mut listener = listener;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
         Ok(Shard {
             id,
             poll,
@@ -197,7 +206,10 @@ impl Shard {
     }
 
     fn conn_ref(&self, token: u64) -> ConnRef {
-        ConnRef { shard: self.id, token }
+        ConnRef {
+            shard: self.id,
+            token,
+        }
     }
 
     fn connection(&mut self, token: u64) -> Option<&mut Connection> {
@@ -293,7 +305,10 @@ impl Shard {
     /// connection and the shard keeps serving the others.
     fn guarded(&mut self, token: u64, work: impl FnOnce(&mut Shard)) {
         if catch_unwind(AssertUnwindSafe(|| work(self))).is_err() {
-            log::error!("shard {}: panic while serving connection {token:#x}; closing it", self.id);
+            log::error!(
+                "shard {}: panic while serving connection {token:#x}; closing it",
+                self.id
+            );
             self.remove(token);
         }
     }
@@ -304,13 +319,18 @@ impl Shard {
         self.accept_pending = false;
         let per_shard_max = (self.shared.config.max_connections / self.shared.config.shards).max(1);
         for _ in 0..ACCEPTS_PER_TURN {
-            let Some(listener) = self.listener.as_ref() else { return };
+            let Some(listener) = self.listener.as_ref() else {
+                return;
+            };
             match listener.accept() {
                 Ok((socket, peer)) => {
                     let open = self.slots.len() - self.free.len();
                     if open >= per_shard_max {
                         // Refuse by closing at once: cheaper than queueing.
-                        log::warn!("shard {}: connection limit {per_shard_max} reached; refusing {peer}", self.id);
+                        log::warn!(
+                            "shard {}: connection limit {per_shard_max} reached; refusing {peer}",
+                            self.id
+                        );
                         drop(socket);
                         continue;
                     }
@@ -321,7 +341,10 @@ impl Shard {
                 Err(e) => {
                     // EMFILE/ENFILE and friends: stop accepting for a second
                     // instead of spinning on a listener that stays ready.
-                    log::warn!("shard {}: accept failed ({e}); pausing accept for 1 s", self.id);
+                    log::warn!(
+                        "shard {}: accept failed ({e}); pausing accept for 1 s",
+                        self.id
+                    );
                     self.pause_accept();
                     return;
                 }
@@ -340,7 +363,11 @@ impl Shard {
     fn resume_accept(&mut self) {
         self.accept_paused_until = None;
         if let Some(listener) = self.listener.as_mut() {
-            if let Err(e) = self.poll.registry().register(listener, LISTENER, Interest::READABLE) {
+            if let Err(e) = self
+                .poll
+                .registry()
+                .register(listener, LISTENER, Interest::READABLE)
+            {
                 log::error!("shard {}: cannot resume accepting: {e}", self.id);
             }
         }
@@ -361,18 +388,22 @@ impl Shard {
         };
         let generation = self.slots[index as usize].generation;
         let token = token_of(index, generation);
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut socket, Token(token as usize), Interest::READABLE | Interest::WRITABLE)
-        {
+        if let Err(e) = self.poll.registry().register(
+            &mut socket,
+            Token(token as usize),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             log::warn!("shard {}: cannot register {peer}: {e}", self.id);
             self.free.push(index);
             return;
         }
         let tick = self.tick();
-        self.slots[index as usize].connection =
-            Some(Connection::new(socket, peer, self.shared.config.payload_len_max, tick));
+        self.slots[index as usize].connection = Some(Connection::new(
+            socket,
+            peer,
+            self.shared.config.payload_len_max,
+            tick,
+        ));
         self.shared.open_connections.fetch_add(1, Ordering::Relaxed);
         self.wheel
             .schedule(token, tick + self.shared.config.handshake_timeout.as_secs());
@@ -381,11 +412,15 @@ impl Shard {
     /// Drops a connection now (deferred teardown: only called at safe points).
     fn remove(&mut self, token: u64) {
         let (index, generation) = split_token(token);
-        let Some(slot) = self.slots.get_mut(index as usize) else { return };
+        let Some(slot) = self.slots.get_mut(index as usize) else {
+            return;
+        };
         if slot.generation != generation {
             return;
         }
-        let Some(mut connection) = slot.connection.take() else { return };
+        let Some(mut connection) = slot.connection.take() else {
+            return;
+        };
         slot.generation = slot.generation.wrapping_add(1).max(1);
         self.free.push(index);
         self.shared.open_connections.fetch_sub(1, Ordering::Relaxed);
@@ -408,7 +443,9 @@ impl Shard {
 
     fn read_into(&mut self, token: u64, scratch: &mut [u8]) {
         for _ in 0..READS_PER_TURN {
-            let Some(connection) = self.connection(token) else { return };
+            let Some(connection) = self.connection(token) else {
+                return;
+            };
             if connection.stage == Stage::Closing {
                 return;
             }
@@ -433,7 +470,9 @@ impl Shard {
     /// Parses whole frames from new bytes, straight from the scratch buffer
     /// when no partial frame is pending; keeps only a trailing partial frame.
     fn consume(&mut self, token: u64, fresh: &mut [u8]) {
-        let Some(connection) = self.connection(token) else { return };
+        let Some(connection) = self.connection(token) else {
+            return;
+        };
         if connection.read_buf.is_empty() {
             let used = self.parse(token, fresh);
             if let Some(connection) = self.connection(token) {
@@ -456,7 +495,11 @@ impl Shard {
             if let Some(connection) = self.connection(token) {
                 pending.advance(used);
                 // Keep the buffer only while a partial frame is pending.
-                connection.read_buf = if pending.is_empty() { BytesMut::new() } else { pending };
+                connection.read_buf = if pending.is_empty() {
+                    BytesMut::new()
+                } else {
+                    pending
+                };
             }
         }
     }
@@ -475,7 +518,9 @@ impl Shard {
         let mut used = 0;
         loop {
             let tick = self.tick();
-            let Some(connection) = self.connection(token) else { return used };
+            let Some(connection) = self.connection(token) else {
+                return used;
+            };
             if connection.stage == Stage::Closing {
                 return used;
             }
@@ -527,7 +572,10 @@ impl Shard {
             .and_then(|slot| slot.connection.as_ref())
             .map(|c| c.peer.to_string())
             .unwrap_or_default();
-        log::info!("bad frame from {peer}: {what}; first bytes {}", sample.join(" "));
+        log::info!(
+            "bad frame from {peer}: {what}; first bytes {}",
+            sample.join(" ")
+        );
     }
 
     // ------------------------------------------------------------ dispatch
@@ -536,11 +584,21 @@ impl Shard {
     fn frame(&mut self, token: u64, header: FrameHeader, plaintext: &[u8]) -> Flow {
         let request_id = header.request_id;
         let Some(command) = Command::from_u16(header.command) else {
-            self.error(token, request_id, StatusCode::UnknownCommand, "unknown command");
+            self.error(
+                token,
+                request_id,
+                StatusCode::UnknownCommand,
+                "unknown command",
+            );
             return Flow::Continue;
         };
         if command.direction() != Direction::ClientToServer {
-            self.error(token, request_id, StatusCode::UnknownCommand, "a server-to-client command");
+            self.error(
+                token,
+                request_id,
+                StatusCode::UnknownCommand,
+                "a server-to-client command",
+            );
             return Flow::Continue;
         }
         let Some(stage) = self.connection(token).map(|c| c.stage) else {
@@ -565,7 +623,12 @@ impl Shard {
         };
         match (stage, body) {
             (Stage::AwaitHello, Body::Hello(hello)) => return self.hello(token, header, hello),
-            (_, Body::Hello(_)) => self.error(token, request_id, StatusCode::BadBody, "hello was already done"),
+            (_, Body::Hello(_)) => self.error(
+                token,
+                request_id,
+                StatusCode::BadBody,
+                "hello was already done",
+            ),
             (_, Body::Ping(ping)) => {
                 let pong = Body::Pong(Pong {
                     nonce: ping.nonce,
@@ -573,12 +636,15 @@ impl Shard {
                 });
                 self.respond(token, request_id, &pong);
             }
-            (Stage::Authenticating, _) => {
-                self.error(token, request_id, StatusCode::ServerBusy, "authentication in progress")
-            }
+            (Stage::Authenticating, _) => self.error(
+                token,
+                request_id,
+                StatusCode::ServerBusy,
+                "authentication in progress",
+            ),
             (Stage::Unauthenticated, Body::Register(register)) => {
                 self.set_stage(token, Stage::Authenticating);
-                self.to_hashers(
+                self.queue_to_hashers(
                     reply,
                     HashJob::Register {
                         reply,
@@ -592,7 +658,7 @@ impl Shard {
                     return Flow::Continue;
                 };
                 self.set_stage(token, Stage::Authenticating);
-                self.to_hashers(
+                self.queue_to_hashers(
                     reply,
                     HashJob::Login {
                         reply,
@@ -609,7 +675,7 @@ impl Shard {
                     return Flow::Continue;
                 }
                 self.set_stage(token, Stage::Authenticating);
-                self.to_writer(
+                self.queue_to_writer(
                     reply,
                     WriterRequest::Resume {
                         reply,
@@ -618,13 +684,23 @@ impl Shard {
                     },
                 );
             }
-            (Stage::Unauthenticated, _) => {
-                self.error(token, request_id, StatusCode::Unauthenticated, "log in first")
-            }
+            (Stage::Unauthenticated, _) => self.error(
+                token,
+                request_id,
+                StatusCode::Unauthenticated,
+                "log in first",
+            ),
             (Stage::Authenticated { .. }, Body::Register(_) | Body::Login(_) | Body::Resume(_)) => {
-                self.error(token, request_id, StatusCode::Conflict, "already logged in; log out first")
+                self.error(
+                    token,
+                    request_id,
+                    StatusCode::Conflict,
+                    "already logged in; log out first",
+                )
             }
-            (Stage::Authenticated { user_id }, body) => self.authenticated(token, reply, user_id, body),
+            (Stage::Authenticated { user_id }, body) => {
+                self.authenticated(token, reply, user_id, body)
+            }
             (Stage::AwaitHello | Stage::Closing, _) => {}
         }
         Flow::Continue
@@ -632,7 +708,10 @@ impl Shard {
 
     fn hello(&mut self, token: u64, header: FrameHeader, hello: Hello) -> Flow {
         if header.version != VERSION_MIN {
-            return Flow::Fatal(StatusCode::UnsupportedVersion, "hello is framed as version 1".into());
+            return Flow::Fatal(
+                StatusCode::UnsupportedVersion,
+                "hello is framed as version 1".into(),
+            );
         }
         let version = hello.version_max.min(VERSION_MAX);
         if version < hello.version_min || version < VERSION_MIN {
@@ -646,7 +725,13 @@ impl Shard {
             return Flow::Fatal(StatusCode::Internal, "no randomness".into());
         }
         let psk = self.shared.config.psk;
-        let cipher = match cipher::negotiate(hello.cipher, psk.as_ref(), &hello.client_nonce, &server_nonce, Role::Server) {
+        let cipher = match cipher::negotiate(
+            hello.cipher,
+            psk.as_ref(),
+            &hello.client_nonce,
+            &server_nonce,
+            Role::Server,
+        ) {
             Ok(cipher) => cipher,
             Err(e) => return Flow::Fatal(StatusCode::BadCipher, e.to_string()),
         };
@@ -656,7 +741,8 @@ impl Shard {
             server_version_max: VERSION_MAX,
             cipher: hello.cipher,
             server_nonce,
-            heartbeat_interval_ms: (self.shared.config.idle_timeout.as_millis() / 2).min(u32::MAX as u128) as u32,
+            heartbeat_interval_ms: (self.shared.config.idle_timeout.as_millis() / 2)
+                .min(u32::MAX as u128) as u32,
             payload_len_max: self.shared.config.payload_len_max,
             server: format!("gustd/{}", env!("CARGO_PKG_VERSION")),
         });
@@ -679,7 +765,7 @@ impl Shard {
                 if let Err(invalid) = validate::send(&send) {
                     return self.error(token, request_id, invalid.code, &invalid.message);
                 }
-                self.to_writer(
+                self.queue_to_writer(
                     reply,
                     WriterRequest::Send {
                         reply,
@@ -688,7 +774,7 @@ impl Shard {
                     },
                 );
             }
-            Body::DeliveryAck(ack) => self.to_writer(
+            Body::DeliveryAck(ack) => self.queue_to_writer(
                 reply,
                 WriterRequest::DeliveryAck {
                     reply,
@@ -697,7 +783,7 @@ impl Shard {
                     seq: ack.seq,
                 },
             ),
-            Body::ReadAck(ack) => self.to_writer(
+            Body::ReadAck(ack) => self.queue_to_writer(
                 reply,
                 WriterRequest::ReadAck {
                     reply,
@@ -707,7 +793,7 @@ impl Shard {
                     receipt: true,
                 },
             ),
-            Body::MarkRead(mark) => self.to_writer(
+            Body::MarkRead(mark) => self.queue_to_writer(
                 reply,
                 WriterRequest::ReadAck {
                     reply,
@@ -717,17 +803,35 @@ impl Shard {
                     receipt: false,
                 },
             ),
-            Body::Logout(_) => self.to_writer(reply, WriterRequest::Logout { reply, user_id }),
-            Body::UserLookup(lookup) => {
-                self.to_writer(reply, WriterRequest::UserLookup { reply, users: lookup.users })
+            Body::Logout(_) => {
+                self.queue_to_writer(reply, WriterRequest::Logout { reply, user_id })
             }
+            Body::UserLookup(lookup) => self.queue_to_writer(
+                reply,
+                WriterRequest::UserLookup {
+                    reply,
+                    users: lookup.users,
+                },
+            ),
             Body::Sync(sync) => {
                 if sync.cursors.len() > limits::SYNC_CURSORS_MAX {
-                    return self.error(token, request_id, StatusCode::TooLarge, "too many sync cursors");
+                    return self.error(
+                        token,
+                        request_id,
+                        StatusCode::TooLarge,
+                        "too many sync cursors",
+                    );
                 }
-                let Some(connection) = self.connection(token) else { return };
+                let Some(connection) = self.connection(token) else {
+                    return;
+                };
                 if connection.sync.is_some() {
-                    return self.error(token, request_id, StatusCode::ServerBusy, "a sync is already running");
+                    return self.error(
+                        token,
+                        request_id,
+                        StatusCode::ServerBusy,
+                        "a sync is already running",
+                    );
                 }
                 connection.sync = Some(Box::new(SyncState {
                     request_id,
@@ -738,7 +842,7 @@ impl Shard {
                     overflow: false,
                     continuation: None,
                 }));
-                self.to_readers(
+                self.queue_to_readers(
                     reply,
                     ReaderJob::Sync {
                         reply,
@@ -749,7 +853,22 @@ impl Shard {
                     },
                 );
             }
-            Body::History(history) => self.to_readers(reply, ReaderJob::History { reply, user_id, history }),
+            Body::History(history) => self.queue_to_readers(
+                reply,
+                ReaderJob::History {
+                    reply,
+                    user_id,
+                    history,
+                },
+            ),
+            Body::ConversationList(list) => self.queue_to_readers(
+                reply,
+                ReaderJob::ConversationList {
+                    reply,
+                    user_id,
+                    list,
+                },
+            ),
             other => self.error(
                 token,
                 request_id,
@@ -759,22 +878,37 @@ impl Shard {
         }
     }
 
-    fn to_writer(&mut self, reply: Reply, request: WriterRequest) {
+    fn queue_to_writer(&mut self, reply: Reply, request: WriterRequest) {
         if self.shared.writer.send(request).is_err() {
-            self.error(reply.conn.token, reply.request_id, StatusCode::ServerBusy, "server is shutting down");
+            self.error(
+                reply.conn.token,
+                reply.request_id,
+                StatusCode::ServerBusy,
+                "server is shutting down",
+            );
         }
     }
 
-    fn to_readers(&mut self, reply: Reply, job: ReaderJob) {
+    fn queue_to_readers(&mut self, reply: Reply, job: ReaderJob) {
         if self.shared.readers.send(job).is_err() {
-            self.error(reply.conn.token, reply.request_id, StatusCode::ServerBusy, "server is shutting down");
+            self.error(
+                reply.conn.token,
+                reply.request_id,
+                StatusCode::ServerBusy,
+                "server is shutting down",
+            );
         }
     }
 
-    fn to_hashers(&mut self, reply: Reply, job: HashJob) {
+    fn queue_to_hashers(&mut self, reply: Reply, job: HashJob) {
         if self.shared.hashers.send(job).is_err() {
             self.set_stage(reply.conn.token, Stage::Unauthenticated);
-            self.error(reply.conn.token, reply.request_id, StatusCode::ServerBusy, "server is shutting down");
+            self.error(
+                reply.conn.token,
+                reply.request_id,
+                StatusCode::ServerBusy,
+                "server is shutting down",
+            );
         }
     }
 
@@ -790,11 +924,27 @@ impl Shard {
 
     /// Encodes a response for this connection (with its cipher).
     fn respond(&mut self, token: u64, request_id: u32, body: &Body) {
-        let Some(connection) = self.connection(token) else { return };
+        let Some(connection) = self.connection(token) else {
+            return;
+        };
         let max = limits::PAYLOAD_LEN_CEILING;
         let result = match connection.cipher.as_mut() {
-            Some(cipher) => frame::encode_frame(&mut connection.out, VERSION_MAX, request_id, body, cipher.as_mut(), max),
-            None => frame::encode_frame(&mut connection.out, VERSION_MAX, request_id, body, &mut NoCipher, max),
+            Some(cipher) => frame::encode_frame(
+                &mut connection.out,
+                VERSION_MAX,
+                request_id,
+                body,
+                cipher.as_mut(),
+                max,
+            ),
+            None => frame::encode_frame(
+                &mut connection.out,
+                VERSION_MAX,
+                request_id,
+                body,
+                &mut NoCipher,
+                max,
+            ),
         };
         if let Err(e) = result {
             log::error!("cannot encode {}: {e}", body.command().name());
@@ -828,7 +978,10 @@ impl Shard {
             if let Some(user_id) = connection.user_id() {
                 // Stop routing to it now; the shard will not deliver anyway.
                 let _ = self.shared.writer.send(WriterRequest::Disconnected {
-                    conn: ConnRef { shard: self.id, token },
+                    conn: ConnRef {
+                        shard: self.id,
+                        token,
+                    },
                     user_id,
                 });
             }
@@ -844,7 +997,9 @@ impl Shard {
     /// Appends a frame encoded elsewhere (in plaintext), resealing it when
     /// the connection has a cipher.
     fn queue_frame(&mut self, token: u64, frame_bytes: &Bytes) {
-        let Some(connection) = self.connection(token) else { return };
+        let Some(connection) = self.connection(token) else {
+            return;
+        };
         match connection.cipher.as_mut() {
             None => connection.out.extend_from_slice(frame_bytes),
             Some(cipher) => {
@@ -880,7 +1035,9 @@ impl Shard {
     /// Writes as much of `out` as the socket takes. Frees the buffer once it
     /// is drained, then resumes whatever was waiting for the drain.
     fn flush(&mut self, token: u64) {
-        let Some(connection) = self.connection(token) else { return };
+        let Some(connection) = self.connection(token) else {
+            return;
+        };
         connection.flush_queued = false;
         while !connection.out.is_empty() {
             match connection.socket.write(&connection.out) {
@@ -912,8 +1069,12 @@ impl Shard {
             conn: self.conn_ref(token),
             request_id: 0,
         };
-        let Some(connection) = self.connection(token) else { return };
-        let Some(user_id) = connection.user_id() else { return };
+        let Some(connection) = self.connection(token) else {
+            return;
+        };
+        let Some(user_id) = connection.user_id() else {
+            return;
+        };
         if let Some(sync) = connection.sync.as_mut() {
             if let Some(cursors) = sync.continuation.take() {
                 let job = ReaderJob::Sync {
@@ -926,7 +1087,7 @@ impl Shard {
                     only_listed: sync.only_listed,
                     page_messages_max: sync.page_messages_max,
                 };
-                self.to_readers(reply, job);
+                self.queue_to_readers(reply, job);
             }
             return;
         }
@@ -947,7 +1108,7 @@ impl Shard {
                 overflow: false,
                 continuation: None,
             }));
-            self.to_readers(
+            self.queue_to_readers(
                 reply,
                 ReaderJob::Sync {
                     reply,
@@ -971,7 +1132,11 @@ impl Shard {
                 seq,
                 frame,
             } => self.deliver(conn.token, conversation_id, seq, frame),
-            ShardEvent::Authenticated { conn, user_id, frame } => {
+            ShardEvent::Authenticated {
+                conn,
+                user_id,
+                frame,
+            } => {
                 let tick = self.tick();
                 match self.connection(conn.token) {
                     Some(connection) if connection.stage == Stage::Authenticating => {
@@ -981,16 +1146,20 @@ impl Shard {
                     }
                     _ => {
                         // Gone or closing meanwhile: undo the route.
-                        let _ = self.shared.writer.send(WriterRequest::Disconnected { conn, user_id });
+                        let _ = self
+                            .shared
+                            .writer
+                            .send(WriterRequest::Disconnected { conn, user_id });
                     }
                 }
             }
             ShardEvent::Unauthenticated { conn, frame } => {
+                let tick = self.tick();
                 if let Some(connection) = self.connection(conn.token) {
                     if connection.stage != Stage::Closing {
                         connection.stage = Stage::Unauthenticated;
                         // A new handshake window starts after a logout.
-                        connection.accepted_tick = self.started.elapsed().as_secs();
+                        connection.accepted_tick = tick;
                         connection.sync = None;
                         connection.behind = None;
                     }
@@ -1018,7 +1187,9 @@ impl Shard {
 
     fn deliver(&mut self, token: u64, conversation_id: ConversationId, seq: Seq, frame: Bytes) {
         let queue_max = self.shared.config.send_queue_bytes_max;
-        let Some(connection) = self.connection(token) else { return };
+        let Some(connection) = self.connection(token) else {
+            return;
+        };
         if connection.user_id().is_none() {
             return;
         }
@@ -1034,6 +1205,14 @@ impl Shard {
             sync.held.push((conversation_id, seq, frame));
             return;
         }
+        if connection.behind.is_none() && connection.out.len() + frame.len() > queue_max {
+            // A burst may fill the queue within one turn: try the socket
+            // before calling the device slow.
+            self.flush(token);
+        }
+        let Some(connection) = self.connection(token) else {
+            return;
+        };
         if connection.behind.is_some() || connection.out.len() + frame.len() > queue_max {
             connection.note_dropped(conversation_id, seq);
             return;
@@ -1041,16 +1220,29 @@ impl Shard {
         self.queue_frame(token, &frame);
     }
 
-    fn sync_done(&mut self, token: u64, request_id: u32, cursors: Vec<SyncCursor>, more: bool, failed: bool) {
-        let Some(connection) = self.connection(token) else { return };
-        let Some(sync) = connection.sync.as_mut() else { return };
+    fn sync_done(
+        &mut self,
+        token: u64,
+        request_id: u32,
+        cursors: Vec<SyncCursor>,
+        more: bool,
+        failed: bool,
+    ) {
+        let Some(connection) = self.connection(token) else {
+            return;
+        };
+        let Some(sync) = connection.sync.as_mut() else {
+            return;
+        };
         if sync.request_id != request_id {
             return;
         }
         if failed {
             // The reader sent the error; pushes held meanwhile go out as they
             // are (the client retries the sync for anything older).
-            let Some(sync) = connection.sync.take() else { return };
+            let Some(sync) = connection.sync.take() else {
+                return;
+            };
             for (conversation_id, seq, frame) in sync.held {
                 self.deliver(token, conversation_id, seq, frame);
             }
@@ -1074,7 +1266,9 @@ impl Shard {
             }
             return;
         }
-        let Some(sync) = connection.sync.take() else { return };
+        let Some(sync) = connection.sync.take() else {
+            return;
+        };
         let mut end: Vec<SyncCursor> = sync
             .cursors
             .iter()
@@ -1098,10 +1292,14 @@ impl Shard {
     fn check_deadline(&mut self, token: u64, now_tick: u64) {
         let handshake = self.shared.config.handshake_timeout.as_secs();
         let idle = self.shared.config.idle_timeout.as_secs();
-        let Some(connection) = self.connection(token) else { return };
+        let Some(connection) = self.connection(token) else {
+            return;
+        };
         let stage = connection.stage;
         let deadline = match stage {
-            Stage::AwaitHello | Stage::Unauthenticated | Stage::Authenticating => connection.accepted_tick + handshake,
+            Stage::AwaitHello | Stage::Unauthenticated | Stage::Authenticating => {
+                connection.accepted_tick + handshake
+            }
             Stage::Authenticated { .. } => connection.last_frame_tick + idle,
             Stage::Closing => connection.accepted_tick + CLOSING_GRACE_SECS,
         };
@@ -1119,7 +1317,11 @@ impl Shard {
                 self.respond(token, 0, &going_away);
                 self.close_after_flush(token);
             }
-            _ => self.fail(token, StatusCode::Timeout, "hello and login not completed in time"),
+            _ => self.fail(
+                token,
+                StatusCode::Timeout,
+                "hello and login not completed in time",
+            ),
         }
     }
 
@@ -1139,7 +1341,9 @@ impl Shard {
         });
         for index in 0..self.slots.len() {
             let token = token_of(index as u32, self.slots[index].generation);
-            let Some(connection) = self.connection(token) else { continue };
+            let Some(connection) = self.connection(token) else {
+                continue;
+            };
             if connection.stage == Stage::Closing {
                 continue;
             }

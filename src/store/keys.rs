@@ -91,7 +91,12 @@ mod tests {
 
     #[test]
     fn message_keys_sort_by_conversation_then_seq() {
-        let mut keys = vec![message(2, 1), message(1, 300), message(1, 2), message(1, 256)];
+        let mut keys = [
+            message(2, 1),
+            message(1, 300),
+            message(1, 2),
+            message(1, 256),
+        ];
         keys.sort();
         let parsed: Vec<_> = keys.iter().map(|k| parse_message(k).unwrap()).collect();
         assert_eq!(parsed, vec![(1, 2), (1, 256), (1, 300), (2, 1)]);

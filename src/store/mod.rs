@@ -69,7 +69,10 @@ pub enum StoreError {
     #[error("rocksdb: {0}")]
     Engine(#[from] rocksdb::Error),
     #[error("corrupt record in {family}: {detail}")]
-    Corrupt { family: &'static str, detail: String },
+    Corrupt {
+        family: &'static str,
+        detail: String,
+    },
     #[error("column family {0} missing")]
     MissingFamily(&'static str),
 }
@@ -122,10 +125,16 @@ impl Store {
     }
 
     fn family(&self, name: &'static str) -> StoreResult<&ColumnFamily> {
-        self.db.cf_handle(name).ok_or(StoreError::MissingFamily(name))
+        self.db
+            .cf_handle(name)
+            .ok_or(StoreError::MissingFamily(name))
     }
 
-    fn read<T: DeserializeOwned>(&self, family: &'static str, key: &[u8]) -> StoreResult<Option<T>> {
+    fn read<T: DeserializeOwned>(
+        &self,
+        family: &'static str,
+        key: &[u8],
+    ) -> StoreResult<Option<T>> {
         let cf = self.family(family)?;
         match self.db.get_pinned_cf(cf, key)? {
             None => Ok(None),
@@ -148,10 +157,12 @@ impl Store {
         let cf = self.family(CF_USERNAMES)?;
         match self.db.get_pinned_cf(cf, keys::username(username))? {
             None => Ok(None),
-            Some(bytes) => keys::decode_u64(&bytes).map(Some).ok_or(StoreError::Corrupt {
-                family: CF_USERNAMES,
-                detail: format!("user id of {} bytes", bytes.len()),
-            }),
+            Some(bytes) => keys::decode_u64(&bytes)
+                .map(Some)
+                .ok_or(StoreError::Corrupt {
+                    family: CF_USERNAMES,
+                    detail: format!("user id of {} bytes", bytes.len()),
+                }),
         }
     }
 
@@ -159,22 +170,35 @@ impl Store {
         self.read(CF_SESSIONS, &keys::session(token_hash))
     }
 
-    pub fn conversation(&self, conversation_id: ConversationId) -> StoreResult<Option<ConversationRecord>> {
+    pub fn conversation(
+        &self,
+        conversation_id: ConversationId,
+    ) -> StoreResult<Option<ConversationRecord>> {
         self.read(CF_CONVERSATIONS, &keys::conversation(conversation_id))
     }
 
-    pub fn direct_conversation(&self, user_a: UserId, user_b: UserId) -> StoreResult<Option<ConversationId>> {
+    pub fn direct_conversation(
+        &self,
+        user_a: UserId,
+        user_b: UserId,
+    ) -> StoreResult<Option<ConversationId>> {
         let cf = self.family(CF_DIRECT)?;
         match self.db.get_pinned_cf(cf, keys::direct(user_a, user_b))? {
             None => Ok(None),
-            Some(bytes) => keys::decode_u64(&bytes).map(Some).ok_or(StoreError::Corrupt {
-                family: CF_DIRECT,
-                detail: format!("conversation id of {} bytes", bytes.len()),
-            }),
+            Some(bytes) => keys::decode_u64(&bytes)
+                .map(Some)
+                .ok_or(StoreError::Corrupt {
+                    family: CF_DIRECT,
+                    detail: format!("conversation id of {} bytes", bytes.len()),
+                }),
         }
     }
 
-    pub fn member(&self, user_id: UserId, conversation_id: ConversationId) -> StoreResult<Option<MemberRecord>> {
+    pub fn member(
+        &self,
+        user_id: UserId,
+        conversation_id: ConversationId,
+    ) -> StoreResult<Option<MemberRecord>> {
         self.read(CF_MEMBERS, &keys::member(user_id, conversation_id))
     }
 
@@ -185,7 +209,10 @@ impl Store {
         let mut options = ReadOptions::default();
         options.set_iterate_upper_bound(keys::member_prefix(user_id.saturating_add(1)).to_vec());
         let mut out = Vec::new();
-        for item in self.db.iterator_cf_opt(cf, options, IteratorMode::From(&prefix, Direction::Forward)) {
+        for item in
+            self.db
+                .iterator_cf_opt(cf, options, IteratorMode::From(&prefix, Direction::Forward))
+        {
             let (key, value) = item?;
             let Some((owner, conversation_id)) = keys::parse_member(&key) else {
                 return Err(corrupt_key(CF_MEMBERS, &key));
@@ -198,7 +225,11 @@ impl Store {
         Ok(out)
     }
 
-    pub fn dedupe(&self, user_id: UserId, client_message_id: u64) -> StoreResult<Option<DedupeRecord>> {
+    pub fn dedupe(
+        &self,
+        user_id: UserId,
+        client_message_id: u64,
+    ) -> StoreResult<Option<DedupeRecord>> {
         self.read(CF_DEDUPE, &keys::dedupe(user_id, client_message_id))
     }
 
@@ -223,7 +254,10 @@ impl Store {
             None => keys::message(conversation_id.saturating_add(1), 0),
         };
         options.set_iterate_upper_bound(bound.to_vec());
-        for item in self.db.iterator_cf_opt(cf, options, IteratorMode::From(&start, Direction::Forward)) {
+        for item in
+            self.db
+                .iterator_cf_opt(cf, options, IteratorMode::From(&start, Direction::Forward))
+        {
             let (key, value) = item?;
             let Some((_, seq)) = keys::parse_message(&key) else {
                 return Err(corrupt_key(CF_MESSAGES, &key));
@@ -250,7 +284,10 @@ impl Store {
         let start = keys::message(conversation_id, to);
         let mut options = ReadOptions::default();
         options.set_iterate_lower_bound(keys::message(conversation_id, from).to_vec());
-        for item in self.db.iterator_cf_opt(cf, options, IteratorMode::From(&start, Direction::Reverse)) {
+        for item in
+            self.db
+                .iterator_cf_opt(cf, options, IteratorMode::From(&start, Direction::Reverse))
+        {
             let (key, value) = item?;
             let Some((owner, seq)) = keys::parse_message(&key) else {
                 return Err(corrupt_key(CF_MESSAGES, &key));
@@ -266,7 +303,11 @@ impl Store {
     }
 
     /// One message's raw bytes.
-    pub fn message(&self, conversation_id: ConversationId, seq: Seq) -> StoreResult<Option<Vec<u8>>> {
+    pub fn message(
+        &self,
+        conversation_id: ConversationId,
+        seq: Seq,
+    ) -> StoreResult<Option<Vec<u8>>> {
         let cf = self.family(CF_MESSAGES)?;
         Ok(self.db.get_cf(cf, keys::message(conversation_id, seq))?)
     }
@@ -312,7 +353,12 @@ impl Batch {
         Ok(())
     }
 
-    fn put_record<T: Serialize>(&mut self, family: &'static str, key: &[u8], value: &T) -> StoreResult<()> {
+    fn put_record<T: Serialize>(
+        &mut self,
+        family: &'static str,
+        key: &[u8],
+        value: &T,
+    ) -> StoreResult<()> {
         let bytes = encode(family, value)?;
         self.put(family, key, &bytes)
     }
@@ -323,28 +369,63 @@ impl Batch {
         Ok(())
     }
 
-    pub fn put_message(&mut self, conversation_id: ConversationId, seq: Seq, wire: &[u8]) -> StoreResult<()> {
+    pub fn put_message(
+        &mut self,
+        conversation_id: ConversationId,
+        seq: Seq,
+        wire: &[u8],
+    ) -> StoreResult<()> {
         self.put(CF_MESSAGES, &keys::message(conversation_id, seq), wire)
     }
 
-    pub fn put_conversation(&mut self, conversation_id: ConversationId, record: &ConversationRecord) -> StoreResult<()> {
-        self.put_record(CF_CONVERSATIONS, &keys::conversation(conversation_id), record)
+    pub fn put_conversation(
+        &mut self,
+        conversation_id: ConversationId,
+        record: &ConversationRecord,
+    ) -> StoreResult<()> {
+        self.put_record(
+            CF_CONVERSATIONS,
+            &keys::conversation(conversation_id),
+            record,
+        )
     }
 
-    pub fn put_direct(&mut self, user_a: UserId, user_b: UserId, conversation_id: ConversationId) -> StoreResult<()> {
-        self.put(CF_DIRECT, &keys::direct(user_a, user_b), &conversation_id.to_be_bytes())
+    pub fn put_direct(
+        &mut self,
+        user_a: UserId,
+        user_b: UserId,
+        conversation_id: ConversationId,
+    ) -> StoreResult<()> {
+        self.put(
+            CF_DIRECT,
+            &keys::direct(user_a, user_b),
+            &conversation_id.to_be_bytes(),
+        )
     }
 
-    pub fn put_member(&mut self, user_id: UserId, conversation_id: ConversationId, record: &MemberRecord) -> StoreResult<()> {
+    pub fn put_member(
+        &mut self,
+        user_id: UserId,
+        conversation_id: ConversationId,
+        record: &MemberRecord,
+    ) -> StoreResult<()> {
         self.put_record(CF_MEMBERS, &keys::member(user_id, conversation_id), record)
     }
 
     pub fn put_user(&mut self, user_id: UserId, record: &UserRecord) -> StoreResult<()> {
         self.put_record(CF_USERS, &keys::user(user_id), record)?;
-        self.put(CF_USERNAMES, keys::username(&record.username), &user_id.to_be_bytes())
+        self.put(
+            CF_USERNAMES,
+            keys::username(&record.username),
+            &user_id.to_be_bytes(),
+        )
     }
 
-    pub fn put_session(&mut self, token_hash: &[u8; 32], record: &SessionRecord) -> StoreResult<()> {
+    pub fn put_session(
+        &mut self,
+        token_hash: &[u8; 32],
+        record: &SessionRecord,
+    ) -> StoreResult<()> {
         self.put_record(CF_SESSIONS, &keys::session(token_hash), record)
     }
 
@@ -354,7 +435,12 @@ impl Batch {
         Ok(())
     }
 
-    pub fn put_dedupe(&mut self, user_id: UserId, client_message_id: u64, record: &DedupeRecord) -> StoreResult<()> {
+    pub fn put_dedupe(
+        &mut self,
+        user_id: UserId,
+        client_message_id: u64,
+        record: &DedupeRecord,
+    ) -> StoreResult<()> {
         self.put_record(CF_DEDUPE, &keys::dedupe(user_id, client_message_id), record)
     }
 }
@@ -377,5 +463,122 @@ fn corrupt_key(family: &'static str, key: &[u8]) -> StoreError {
     StoreError::Corrupt {
         family,
         detail: format!("key of {} bytes", key.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// Random batches of messages, member records and sessions, checked
+    /// against a `BTreeMap` model, with the store closed and reopened along
+    /// the way (what a restart does).
+    #[test]
+    fn store_matches_a_model_across_reopens() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(dir.path(), Durability::Buffered).expect("open");
+        let mut model: BTreeMap<(u64, u64), Vec<u8>> = BTreeMap::new();
+        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..40 {
+            let mut batch = store.batch();
+            for _ in 0..(next() % 50) {
+                let conversation = next() % 5 + 1;
+                let seq = next() % 100 + 1;
+                let value = next().to_le_bytes().to_vec();
+                batch.put_message(conversation, seq, &value).expect("put");
+                model.insert((conversation, seq), value);
+            }
+            batch
+                .put_member(
+                    round % 3 + 1,
+                    round,
+                    &MemberRecord {
+                        delivered_seq: round,
+                        ..MemberRecord::default()
+                    },
+                )
+                .expect("put member");
+            store.commit(batch).expect("commit");
+            if round % 10 == 9 {
+                drop(store);
+                store = Store::open(dir.path(), Durability::Buffered).expect("reopen");
+            }
+            for conversation in 1..=5u64 {
+                let expected: Vec<(u64, Vec<u8>)> = model
+                    .range((conversation, 0)..=(conversation, u64::MAX))
+                    .map(|((_, seq), value)| (*seq, value.clone()))
+                    .collect();
+                let mut forward = Vec::new();
+                store
+                    .scan_messages(conversation, 0, u64::MAX, |seq, value| {
+                        forward.push((seq, value.to_vec()));
+                        true
+                    })
+                    .expect("scan");
+                assert_eq!(forward, expected);
+                let mut backward = Vec::new();
+                store
+                    .scan_messages_back(conversation, 0, u64::MAX, |seq, value| {
+                        backward.push((seq, value.to_vec()));
+                        true
+                    })
+                    .expect("scan back");
+                backward.reverse();
+                assert_eq!(backward, expected);
+                let mut bounded = Vec::new();
+                store
+                    .scan_messages(conversation, 10, 20, |seq, _| {
+                        bounded.push(seq);
+                        true
+                    })
+                    .expect("bounded scan");
+                let expected_bounded: Vec<u64> = expected
+                    .iter()
+                    .map(|(s, _)| *s)
+                    .filter(|s| (10..=20).contains(s))
+                    .collect();
+                assert_eq!(bounded, expected_bounded);
+            }
+        }
+        let memberships = store.memberships(1).expect("memberships");
+        assert!(memberships
+            .iter()
+            .all(|(conversation, record)| record.delivered_seq == *conversation));
+        assert!(!memberships.is_empty());
+    }
+
+    #[test]
+    fn counters_and_users_round_trip() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), Durability::Sync).expect("open");
+        assert_eq!(store.counters().expect("counters"), Counters::default());
+        let mut batch = store.batch();
+        let counters = Counters {
+            next_user_id: 7,
+            next_conversation_id: 3,
+            next_message_id: 99,
+        };
+        batch.put_counters(&counters).expect("counters");
+        let user = UserRecord {
+            username: "alice".into(),
+            password_hash: "$argon2id$...".into(),
+            created_ms: 1,
+        };
+        batch.put_user(6, &user).expect("user");
+        store.commit(batch).expect("commit");
+        drop(store);
+        let store = Store::open(dir.path(), Durability::Sync).expect("reopen");
+        assert_eq!(store.counters().expect("counters"), counters);
+        assert_eq!(store.user_id_by_name("alice").expect("by name"), Some(6));
+        assert_eq!(store.user(6).expect("user"), Some(user));
+        assert_eq!(store.user_id_by_name("bob").expect("by name"), None);
     }
 }

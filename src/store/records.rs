@@ -37,7 +37,10 @@ pub struct ConversationRecord {
 pub enum ConversationRecordKind {
     /// Two members (one when a user writes to themself).
     Direct,
-    Group { name: String, owner_id: UserId },
+    Group {
+        name: String,
+        owner_id: UserId,
+    },
 }
 
 /// One user's position and preferences in one conversation.

@@ -27,7 +27,14 @@ pub struct TestServer {
 
 /// Flags that keep tests fast: cheap argon2 (the real cost is a production
 /// setting, not what is under test here).
-const TEST_FLAGS: &[&str] = &["--argon2-memory-kib", "64", "--argon2-iterations", "1", "--shards", "2"];
+const TEST_FLAGS: &[&str] = &[
+    "--argon2-memory-kib",
+    "64",
+    "--argon2-iterations",
+    "1",
+    "--shards",
+    "2",
+];
 
 impl TestServer {
     pub fn start() -> TestServer {
@@ -87,7 +94,10 @@ impl TestServer {
             Ok(addr) => addr,
             Err(_) => {
                 let _ = child.kill();
-                panic!("gustd did not start; log: {:?}", self.log.lock().map(|l| l.clone()));
+                panic!(
+                    "gustd did not start; log: {:?}",
+                    self.log.lock().map(|l| l.clone())
+                );
             }
         };
         self.child = Some(child);
@@ -158,7 +168,10 @@ impl TestServer {
     }
 
     pub fn log_contains(&self, needle: &str) -> bool {
-        self.log.lock().map(|l| l.iter().any(|line| line.contains(needle))).unwrap_or(false)
+        self.log
+            .lock()
+            .map(|l| l.iter().any(|line| line.contains(needle)))
+            .unwrap_or(false)
     }
 }
 

@@ -1,0 +1,242 @@
+//! Tests of the engine and the chat checks against a scripted fake server
+//! (blocking, one thread per connection, built from the same codec), so the
+//! load path is exercised without gustd and RocksDB, and so that a server
+//! that loses or duplicates messages is shown to fail the run.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+use super::engine::{ConnSpec, Engine, Phase, Plan, Settings};
+use super::report::Report;
+use super::scenarios::check_pairs;
+use crate::protocol::*;
+
+/// What the fake server does wrong.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    None,
+    /// Every 7th deliver is sent twice.
+    DuplicateDeliver,
+    /// Every 7th deliver is not sent.
+    DropDeliver,
+}
+
+struct FakeState {
+    fault: Fault,
+    /// Write halves by user id.
+    writers: Mutex<HashMap<UserId, Arc<Mutex<TcpStream>>>>,
+    /// The one conversation's last seq (the test has one pair).
+    last_seq: Mutex<Seq>,
+    delivers: AtomicU64,
+}
+
+fn frame(request_id: u32, body: &Body) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    encode_frame(&mut out, 1, request_id, body, &mut NoCipher, 1 << 20).unwrap();
+    out.to_vec()
+}
+
+fn token_user(token: &[u8]) -> UserId {
+    u64::from(token[0])
+}
+
+fn serve(fault: Fault) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = Arc::new(FakeState {
+        fault,
+        writers: Mutex::new(HashMap::new()),
+        last_seq: Mutex::new(0),
+        delivers: AtomicU64::new(0),
+    });
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let state = state.clone();
+            std::thread::spawn(move || connection(stream, state));
+        }
+    });
+    addr
+}
+
+fn connection(mut stream: TcpStream, state: Arc<FakeState>) {
+    let writer = Arc::new(Mutex::new(stream.try_clone().unwrap()));
+    let mut decoder = FrameDecoder::new(1 << 20);
+    let mut buf = BytesMut::new();
+    let mut user = 0;
+    let mut chunk = [0u8; 4096];
+    loop {
+        let frame_in = match decoder.decode(&mut buf) {
+            Ok(Some(f)) => f,
+            Ok(None) => match stream.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    continue;
+                }
+            },
+            Err(_) => return,
+        };
+        let rid = frame_in.header.request_id;
+        let command = Command::from_u16(frame_in.header.command).unwrap();
+        let body = Body::decode(command, frame_in.payload()).unwrap();
+        let reply = |body: Body| {
+            let _ = writer.lock().unwrap().write_all(&frame(rid, &body));
+        };
+        match body {
+            Body::Hello(_) => reply(Body::HelloAck(HelloAck {
+                version: 1,
+                server_version_min: 1,
+                server_version_max: 1,
+                cipher: 0,
+                server_nonce: vec![0; 16],
+                heartbeat_interval_ms: 60_000,
+                payload_len_max: 1 << 20,
+                server: "fake".into(),
+            })),
+            Body::Resume(r) => {
+                user = token_user(&r.session_token);
+                state.writers.lock().unwrap().insert(user, writer.clone());
+                reply(Body::LoggedIn(LoggedIn {
+                    user_id: user,
+                    username: format!("u{user}"),
+                    device_id: r.device_id,
+                    session_token: r.session_token,
+                    server_time_ms: 0,
+                }));
+            }
+            Body::Send(send) => {
+                let Target::User(peer) = send.to else {
+                    panic!("{:?}", send.to)
+                };
+                // One lock over seq assignment and both writes keeps the
+                // ack and deliver streams in seq order, as gustd does.
+                let mut last_seq = state.last_seq.lock().unwrap();
+                *last_seq += 1;
+                let seq = *last_seq;
+                reply(Body::SendAck(SendAck {
+                    client_message_id: send.client_message_id,
+                    message_id: seq,
+                    conversation_id: 7,
+                    seq,
+                    server_time_ms: 0,
+                }));
+                let deliver = frame(
+                    0,
+                    &Body::Deliver(Deliver {
+                        message: Message {
+                            conversation_id: 7,
+                            seq,
+                            message_id: seq,
+                            sender_id: user,
+                            client_message_id: send.client_message_id,
+                            server_time_ms: 0,
+                            content: send.content,
+                            extras: send.extras,
+                        },
+                    }),
+                );
+                let n = state.delivers.fetch_add(1, Ordering::Relaxed) + 1;
+                let copies = match state.fault {
+                    Fault::DuplicateDeliver if n % 7 == 0 => 2,
+                    Fault::DropDeliver if n % 7 == 0 => 0,
+                    _ => 1,
+                };
+                if let Some(peer_writer) = state.writers.lock().unwrap().get(&peer) {
+                    let mut w = peer_writer.lock().unwrap();
+                    for _ in 0..copies {
+                        let _ = w.write_all(&deliver);
+                    }
+                }
+                drop(last_seq);
+            }
+            Body::Ping(p) => reply(Body::Pong(Pong {
+                nonce: p.nonce,
+                server_time_ms: 0,
+            })),
+            Body::DeliveryAck(_) => {}
+            other => panic!("fake server got {other:?}"),
+        }
+    }
+}
+
+/// One pair (users 1 and 2) chatting for a moment; returns the report.
+fn chat_against(fault: Fault) -> Report {
+    let target = serve(fault);
+    let specs = [1u64, 2]
+        .iter()
+        .enumerate()
+        .map(|(i, &user)| ConnSpec {
+            user_index: i,
+            user_id: user,
+            token: vec![user as u8; 32],
+            device_id: "d".into(),
+            plan: Plan::Chat { peer: 3 - user },
+        })
+        .collect();
+    let settings = Settings {
+        target,
+        // Exercises source binding too: every 127/8 address is local.
+        sources: vec!["127.0.0.2".parse().unwrap()],
+        threads: 2,
+        connect_rate_per_s: 0,
+        connect_inflight_max: 10,
+        handshake_timeout: Duration::from_secs(5),
+        window: 4,
+        rate_per_s: 0,
+        size_bytes: 64,
+        ack_interval: Duration::from_millis(20),
+        sync_stall_timeout: Duration::from_secs(5),
+        psk: None,
+        agent: "test".into(),
+    };
+    let engine = Engine::start(settings, specs).unwrap();
+    while engine.snapshot().authenticated < 2 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    engine.set_phase(Phase::Run);
+    std::thread::sleep(Duration::from_millis(300));
+    engine.set_phase(Phase::Drain);
+    std::thread::sleep(Duration::from_millis(200));
+    let result = engine.stop();
+    assert_eq!(result.errors.total, 0, "{:?}", result.errors.samples);
+    assert!(result.results.iter().all(|r| r.open_at_end && r.sent > 10));
+    assert!(result.latencies.ack_us.len() > 10);
+    let mut report = Report::new("chat", "test".into(), target.to_string(), None);
+    check_pairs(&mut report, &result);
+    report
+}
+
+#[test]
+fn a_correct_server_passes() {
+    let report = chat_against(Fault::None);
+    assert!(report.ok(), "{}", report.table());
+}
+
+#[test]
+fn duplicated_deliveries_fail_the_run() {
+    let report = chat_against(Fault::DuplicateDeliver);
+    assert!(!report.ok());
+    assert!(
+        report.failures.iter().any(|f| f.contains("duplicate seqs")),
+        "{}",
+        report.table()
+    );
+}
+
+#[test]
+fn lost_deliveries_fail_the_run() {
+    let report = chat_against(Fault::DropDeliver);
+    assert!(!report.ok());
+    assert!(
+        report.failures.iter().any(|f| f.contains("never arrived")),
+        "{}",
+        report.table()
+    );
+}

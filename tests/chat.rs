@@ -421,3 +421,102 @@ fn encrypted_connections_chat_with_plain_ones() {
         "unexpected {err:?}"
     );
 }
+
+#[test]
+fn the_conversation_list_shows_unread_counts_and_flags() {
+    let server = TestServer::start();
+    let (mut alice, alice_login) = server.user("alice", "phone");
+    let (mut bob, bob_login) = server.user("bob", "phone");
+    let (mut carol, _) = server.user("carol", "phone");
+    for i in 0..3 {
+        alice
+            .send_text(Target::User(bob_login.user_id), &format!("a{i}"))
+            .expect("send");
+    }
+    let carol_ack = carol
+        .send_text(Target::User(bob_login.user_id), "c")
+        .expect("send");
+    let page = bob.conversation_list(0, 50).expect("list");
+    assert_eq!(page.conversations.len(), 2);
+    assert!(!page.more);
+    let with_alice = page
+        .conversations
+        .iter()
+        .find(|c| {
+            c.kind
+                == ConversationKind::Direct {
+                    peer_id: alice_login.user_id,
+                }
+        })
+        .expect("the conversation with alice");
+    assert_eq!(with_alice.unread_count, 3);
+    assert_eq!(with_alice.last_seq, 3);
+    assert_eq!(with_alice.last_message.as_ref().map(text_of), Some("a2"));
+
+    // Reading moves the unread count; pin and mute are per user.
+    bob.read_ack(with_alice.conversation_id, 2).expect("read");
+    bob.request(Body::SetPinned(SetPinned {
+        conversation_id: with_alice.conversation_id,
+        pinned: true,
+    }))
+    .expect("pin");
+    bob.request(Body::SetMuted(SetMuted {
+        conversation_id: carol_ack.conversation_id,
+        muted: true,
+    }))
+    .expect("mute");
+    let page = bob.conversation_list(0, 50).expect("list");
+    let with_alice = page
+        .conversations
+        .iter()
+        .find(|c| c.conversation_id == with_alice.conversation_id)
+        .expect("alice");
+    let with_carol = page
+        .conversations
+        .iter()
+        .find(|c| c.conversation_id == carol_ack.conversation_id)
+        .expect("carol");
+    assert_eq!(
+        (with_alice.unread_count, with_alice.pinned, with_alice.muted),
+        (1, true, false)
+    );
+    assert_eq!(
+        (with_carol.unread_count, with_carol.pinned, with_carol.muted),
+        (1, false, true)
+    );
+    // Alice's view is her own.
+    let alice_view = alice.conversation_list(0, 50).expect("alice's list");
+    assert_eq!(alice_view.conversations.len(), 1);
+    assert!(!alice_view.conversations[0].pinned);
+
+    // Hidden until the next message.
+    bob.request(Body::HideConversation(HideConversation {
+        conversation_id: carol_ack.conversation_id,
+    }))
+    .expect("hide");
+    let page = bob.conversation_list(0, 50).expect("list");
+    assert_eq!(page.conversations.len(), 1, "{page:?}");
+    carol
+        .send_text(Target::User(bob_login.user_id), "back")
+        .expect("send");
+    let page = bob.conversation_list(0, 50).expect("list");
+    assert_eq!(page.conversations.len(), 2);
+
+    // Paging by conversation id.
+    let first = bob.conversation_list(0, 1).expect("first page");
+    assert_eq!(first.conversations.len(), 1);
+    assert!(first.more);
+    let second = bob
+        .conversation_list(first.conversations[0].conversation_id, 1)
+        .expect("second page");
+    assert_eq!(second.conversations.len(), 1);
+    assert!(!second.more);
+    // Strangers cannot flag someone else's conversation.
+    let err = carol
+        .request(Body::SetPinned(SetPinned {
+            conversation_id: with_alice.conversation_id,
+            pinned: true,
+        }))
+        .expect_err("not a member");
+    assert_eq!(err.status(), Some(StatusCode::Forbidden));
+}

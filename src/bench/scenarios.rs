@@ -508,6 +508,13 @@ pub fn idle(args: &IdleArgs) -> Result<Report, String> {
     if unanswered > 0 {
         report.fail(format!("{unanswered} pings were never answered"));
     }
+    if pid.is_some() {
+        report.notes.push(
+            "RSS per connection = (RSS 1 s after the last logged_in - RSS before connecting) / N: \
+             it includes allocator retention and store caches warmed by the resumes"
+                .into(),
+        );
+    }
     report.checks.push(format!(
         "all {n} connections stayed open {seconds} s on heartbeats ({pings} pings, {pongs} pongs)"
     ));

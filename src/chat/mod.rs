@@ -153,8 +153,24 @@ pub enum WriterRequest {
         reply: Reply,
         users: Vec<UserKey>,
     },
+    /// Pin, mute or hide a conversation for this user.
+    SetFlag {
+        reply: Reply,
+        user_id: UserId,
+        conversation_id: ConversationId,
+        flag: MemberFlag,
+    },
     /// Commit what is pending and exit.
     Shutdown,
+}
+
+/// A per-user conversation setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberFlag {
+    Pinned(bool),
+    Muted(bool),
+    /// Hidden until the next message.
+    Hidden,
 }
 
 /// Reads that may touch disk, run on reader threads.

@@ -376,16 +376,22 @@ impl Reader {
         let mut conversations = Vec::new();
         let mut more = false;
         for (conversation_id, member) in self.store.memberships(user_id)? {
-            if conversation_id <= list.after_conversation_id || member.hidden {
+            if conversation_id <= list.after_conversation_id {
+                continue;
+            }
+            let Some(record) = self.store.conversation(conversation_id)? else {
+                continue;
+            };
+            if member
+                .hidden_through_seq
+                .is_some_and(|hidden| record.last_seq <= hidden)
+            {
                 continue;
             }
             if conversations.len() == limit {
                 more = true;
                 break;
             }
-            let Some(record) = self.store.conversation(conversation_id)? else {
-                continue;
-            };
             let kind = match record.kind {
                 ConversationRecordKind::Direct => ConversationKind::Direct {
                     peer_id: record

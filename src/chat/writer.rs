@@ -15,7 +15,7 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use ring::digest;
 
-use super::{frames, now_ms, ConnRef, Reply, ShardEvent, ShardSink, WriterRequest};
+use super::{frames, now_ms, ConnRef, MemberFlag, Reply, ShardEvent, ShardSink, WriterRequest};
 use crate::protocol::body_codec;
 use crate::protocol::cipher::NoCipher;
 use crate::protocol::frame::{self, VERSION_MAX};
@@ -265,6 +265,15 @@ impl Writer {
             WriterRequest::UserLookup { reply, users } => {
                 (reply, self.user_lookup(cycle, reply, users))
             }
+            WriterRequest::SetFlag {
+                reply,
+                user_id,
+                conversation_id,
+                flag,
+            } => (
+                reply,
+                self.set_flag(cycle, reply, user_id, conversation_id, flag),
+            ),
         };
         if let Err(Refusal(code, message)) = result {
             let frame = frames::error(reply.request_id, code, message, false);
@@ -755,6 +764,58 @@ impl Writer {
         Ok(())
     }
 
+    /// The member record of a user in a conversation, cached; `forbidden` for
+    /// a non-member, `not_found` for no such conversation.
+    fn member_mut(
+        &mut self,
+        user_id: UserId,
+        conversation_id: ConversationId,
+    ) -> Result<&mut MemberRecord, Refusal> {
+        let key = (user_id, conversation_id);
+        if !self.members.contains_key(&key) {
+            let Some(record) = self.store.member(user_id, conversation_id)? else {
+                return Err(match self.conversation(conversation_id)? {
+                    Some(_) => Refusal(StatusCode::Forbidden, "not a member of this conversation"),
+                    None => Refusal(StatusCode::NotFound, "no such conversation"),
+                });
+            };
+            self.members.insert(key, record);
+        }
+        self.members
+            .get_mut(&key)
+            .ok_or(Refusal(StatusCode::Internal, "member cache"))
+    }
+
+    fn set_flag(
+        &mut self,
+        cycle: &mut Cycle,
+        reply: Reply,
+        user_id: UserId,
+        conversation_id: ConversationId,
+        flag: MemberFlag,
+    ) -> Result<(), Refusal> {
+        let last_seq = match flag {
+            MemberFlag::Hidden => self
+                .conversation(conversation_id)?
+                .map(|c| c.last_seq)
+                .unwrap_or(0),
+            _ => 0,
+        };
+        let member = self.member_mut(user_id, conversation_id)?;
+        match flag {
+            MemberFlag::Pinned(pinned) => member.pinned = pinned,
+            MemberFlag::Muted(muted) => member.muted = muted,
+            MemberFlag::Hidden => member.hidden_through_seq = Some(last_seq),
+        }
+        cycle.dirty_members.insert((user_id, conversation_id));
+        cycle.after_commit.push(ShardEvent::Frame {
+            conn: reply.conn,
+            frame: frames::encode(reply.request_id, &Body::Ok(OkReply {})),
+        });
+        Self::refuse_on_failure(cycle, reply);
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn advance_cursor(
         &mut self,
@@ -772,18 +833,7 @@ impl Writer {
         let seq = seq.min(conversation.last_seq);
         let members = conversation.members.clone();
         let key = (user_id, conversation_id);
-        if !self.members.contains_key(&key) {
-            let Some(record) = self.store.member(user_id, conversation_id)? else {
-                return Err(Refusal(
-                    StatusCode::Forbidden,
-                    "not a member of this conversation",
-                ));
-            };
-            self.members.insert(key, record);
-        }
-        let Some(member) = self.members.get_mut(&key) else {
-            return Err(Refusal(StatusCode::Internal, "member cache"));
-        };
+        let member = self.member_mut(user_id, conversation_id)?;
         let advanced = match kind {
             ReceiptKind::Delivered if seq > member.delivered_seq => {
                 member.delivered_seq = seq;

@@ -25,7 +25,7 @@ use super::config::Config;
 use super::connection::{Connection, Stage, SyncState};
 use super::timer::TimerWheel;
 use crate::chat::{
-    validate, ConnRef, HashJob, ReaderJob, Reply, ShardEvent, ShardSink, WriterRequest,
+    validate, ConnRef, HashJob, MemberFlag, ReaderJob, Reply, ShardEvent, ShardSink, WriterRequest,
 };
 use crate::limits;
 use crate::protocol::cipher::{self, NoCipher, Role, CONNECTION_NONCE_LEN};
@@ -859,6 +859,33 @@ impl Shard {
                     reply,
                     user_id,
                     history,
+                },
+            ),
+            Body::SetPinned(set) => self.queue_to_writer(
+                reply,
+                WriterRequest::SetFlag {
+                    reply,
+                    user_id,
+                    conversation_id: set.conversation_id,
+                    flag: MemberFlag::Pinned(set.pinned),
+                },
+            ),
+            Body::SetMuted(set) => self.queue_to_writer(
+                reply,
+                WriterRequest::SetFlag {
+                    reply,
+                    user_id,
+                    conversation_id: set.conversation_id,
+                    flag: MemberFlag::Muted(set.muted),
+                },
+            ),
+            Body::HideConversation(hide) => self.queue_to_writer(
+                reply,
+                WriterRequest::SetFlag {
+                    reply,
+                    user_id,
+                    conversation_id: hide.conversation_id,
+                    flag: MemberFlag::Hidden,
                 },
             ),
             Body::ConversationList(list) => self.queue_to_readers(

@@ -50,7 +50,9 @@ pub struct MemberRecord {
     pub read_seq: Seq,
     pub pinned: bool,
     pub muted: bool,
-    pub hidden: bool,
+    /// Hidden from the conversation list while the conversation's last seq is
+    /// at most this: the next message shows it again without a write here.
+    pub hidden_through_seq: Option<Seq>,
 }
 
 /// The original outcome of a send, returned again to a retry.

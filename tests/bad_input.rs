@@ -425,3 +425,42 @@ fn a_reused_device_id_replaces_the_older_connection() {
     }
     second.ping().expect("the newer connection works");
 }
+
+#[test]
+fn running_out_of_descriptors_pauses_accept_instead_of_spinning() {
+    // Room for RocksDB, the polls and a few dozen sockets only.
+    let server = TestServer::start_limited(&[], Some(96));
+    let (mut alice, _) = server.user("alice", "phone");
+    // Far more connections than descriptors: the kernel completes them into
+    // the backlog, the server hits EMFILE when it tries to accept them.
+    let crowd: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect(server.addr).ok())
+        .collect();
+    assert!(crowd.len() > 100, "the backlog took the connects");
+    let deadline = Instant::now() + WAIT;
+    while !server.log_contains("pausing accept") {
+        assert!(Instant::now() < deadline, "the server never reported the descriptor limit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // While at the limit, the loop sleeps: a spinning accept would burn a
+    // whole core (2 s of CPU in 2 s).
+    let before = server.cpu_time();
+    std::thread::sleep(Duration::from_secs(2));
+    let used = server.cpu_time() - before;
+    assert!(used < Duration::from_millis(1000), "server used {used:?} of CPU in 2 s at the limit");
+    // Existing connections are still served...
+    alice.ping().expect("an established connection still works");
+    // ...and once descriptors free up, new ones are accepted again.
+    drop(crowd);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match gust::client::Connection::connect(server.addr, &options()) {
+            Ok(mut connection) => {
+                connection.ping().expect("ping");
+                break;
+            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => panic!("the server did not recover: {e}"),
+        }
+    }
+}

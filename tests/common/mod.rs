@@ -22,6 +22,8 @@ pub struct TestServer {
     pub data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
     extra_args: Vec<String>,
+    /// RLIMIT_NOFILE for the server process, to test the descriptor limit.
+    nofile: Option<u64>,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -42,6 +44,11 @@ impl TestServer {
     }
 
     pub fn start_with(extra: &[&str]) -> TestServer {
+        Self::start_limited(extra, None)
+    }
+
+    /// Starts with at most `nofile` open descriptors.
+    pub fn start_limited(extra: &[&str], nofile: Option<u64>) -> TestServer {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().join("data");
         let mut server = TestServer {
@@ -50,6 +57,7 @@ impl TestServer {
             data_dir,
             _temp: Some(temp),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            nofile,
             log: Arc::new(Mutex::new(Vec::new())),
         };
         server.spawn();
@@ -68,6 +76,23 @@ impl TestServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        if let Some(limit) = self.nofile {
+            use std::os::unix::process::CommandExt;
+            // Runs in the child between fork and exec: only async-signal-safe
+            // calls (setrlimit is one).
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let mut child = command.spawn().expect("start gustd");
         let stderr = child.stderr.take().expect("stderr piped");
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -165,6 +190,17 @@ impl TestServer {
             .login(username, &password(username), device)
             .expect("login");
         (connection, logged_in)
+    }
+
+    /// User plus system CPU time the server has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("read /proc stat");
+        // Fields after the command name (which may hold spaces) start at ')'.
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+        Duration::from_millis(ticks * 1000 / hz.max(1))
     }
 
     pub fn log_contains(&self, needle: &str) -> bool {

@@ -439,7 +439,10 @@ fn running_out_of_descriptors_pauses_accept_instead_of_spinning() {
     assert!(crowd.len() > 100, "the backlog took the connects");
     let deadline = Instant::now() + WAIT;
     while !server.log_contains("pausing accept") {
-        assert!(Instant::now() < deadline, "the server never reported the descriptor limit");
+        assert!(
+            Instant::now() < deadline,
+            "the server never reported the descriptor limit"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     // While at the limit, the loop sleeps: a spinning accept would burn a
@@ -447,7 +450,10 @@ fn running_out_of_descriptors_pauses_accept_instead_of_spinning() {
     let before = server.cpu_time();
     std::thread::sleep(Duration::from_secs(2));
     let used = server.cpu_time() - before;
-    assert!(used < Duration::from_millis(1000), "server used {used:?} of CPU in 2 s at the limit");
+    assert!(
+        used < Duration::from_millis(1000),
+        "server used {used:?} of CPU in 2 s at the limit"
+    );
     // Existing connections are still served...
     alice.ping().expect("an established connection still works");
     // ...and once descriptors free up, new ones are accepted again.

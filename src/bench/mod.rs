@@ -10,6 +10,20 @@
 //!
 //! The bench is a client only: it never touches the server's internals, so
 //! what it measures is what a real client would see over TCP.
+//!
+//! ```text
+//! gust-bench connect [--connections 10000]
+//! gust-bench idle    [--connections 10000] [--seconds 30] [--server-pid PID]
+//! gust-bench chat    [--connections 10000] [--seconds 20] [--size 100] [--window 8 | --rate R]
+//! gust-bench sync    [--messages 100000] [--window 64]
+//!   common: --target 127.0.0.1:7700 --threads 2 --source 127.0.0.2-254
+//!           --connect-rate 0 --connect-inflight 1000 --users-file bench-users.txt
+//!           --json-out bench-results.jsonl --server-flags "..." --smoke
+//! ```
+//!
+//! `benches/run.sh [--smoke]` starts a gustd on a temporary directory and
+//! runs the standard set. Exit status: 0 all checks passed, 1 a check
+//! failed, 2 the run could not start.
 
 pub mod cli;
 pub mod engine;

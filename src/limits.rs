@@ -66,3 +66,42 @@ const _: () = assert!(
 );
 const _: () =
     assert!(CUSTOM_DATA_BYTES_MAX + EXTRAS_BYTES_MAX + 1024 < PAYLOAD_LEN_DEFAULT as usize);
+
+// ---------------------------------------------------------------- server internals
+//
+// Bounds on what one turn of a shard's loop, one connection or one worker may
+// do. Operators tune the per-connection and per-server settings through
+// gustd's flags (`server::config`, with their defaults in README.md); these
+// are the fixed ones.
+
+/// Reads of one connection per turn before the others get a go: 4 x 64 KiB
+/// keeps one fast sender from starving a shard's other connections.
+pub const READS_PER_TURN: usize = 4;
+/// Size of each shard's read scratch buffer. Whole frames are parsed from it
+/// in place; a connection keeps only a trailing partial frame of its own.
+pub const SCRATCH_BYTES: usize = 64 * 1024;
+/// Connections accepted per turn before the loop serves the others.
+pub const ACCEPTS_PER_TURN: usize = 512;
+/// Readiness events taken from the kernel per poll.
+pub const EVENTS_PER_POLL: usize = 1024;
+/// Pushes held for one connection while its sync runs (about 150 bytes each
+/// with a shared frame); past this the sync continues from storage instead.
+pub const HELD_PUSHES_MAX: usize = 1024;
+/// Seconds a closing connection gets to flush its last frames.
+pub const CLOSING_GRACE_SECS: u64 = 2;
+/// Seconds a graceful shutdown waits for connections to flush `going_away`.
+pub const SHUTDOWN_GRACE_SECS: u64 = 5;
+/// Listen backlog per shard; the kernel caps it at net.core.somaxconn.
+pub const LISTEN_BACKLOG: i32 = 4096;
+/// One-second slots in each shard's timer wheel: deadlines further out are
+/// refiled when their slot comes round (about 68 minutes of reach).
+pub const TIMER_WHEEL_SLOTS: usize = 4096;
+/// Failed-login records the throttle keeps (about 100 bytes each) before it
+/// sweeps expired ones.
+pub const THROTTLE_ENTRIES_MAX: usize = 100_000;
+/// Sync pages one reader job writes before the shard lets the connection
+/// drain (16 x 200 messages).
+pub const SYNC_PAGES_PER_JOB: usize = 16;
+
+const _: () = assert!(SCRATCH_BYTES >= 4 * 1024);
+const _: () = assert!(HELD_PUSHES_MAX > 0 && SYNC_PAGES_PER_JOB > 0);

@@ -62,9 +62,7 @@ struct Throttle {
     window: Duration,
 }
 
-/// Entries the throttle keeps before it sweeps expired ones (memory bound:
-/// about 100 bytes each).
-const THROTTLE_ENTRIES_MAX: usize = 100_000;
+use crate::limits::THROTTLE_ENTRIES_MAX;
 
 impl Throttle {
     fn blocked(&mut self, key: &ThrottleKey, now: Instant) -> bool {

@@ -37,7 +37,7 @@ impl Default for ReaderConfig {
         ReaderConfig {
             page_messages_max: crate::limits::PAGE_MESSAGES_MAX,
             page_bytes_max: crate::limits::PAYLOAD_LEN_DEFAULT as usize / 2,
-            pages_per_job: 16,
+            pages_per_job: crate::limits::SYNC_PAGES_PER_JOB,
         }
     }
 }

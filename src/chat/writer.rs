@@ -477,7 +477,11 @@ impl Writer {
         token: Vec<u8>,
         hash: [u8; 32],
     ) {
-        let devices = self.online.entry(user_id).or_default();
+        // Most users have one device online: no room reserved for four.
+        let devices = self
+            .online
+            .entry(user_id)
+            .or_insert_with(|| Vec::with_capacity(1));
         if let Some(at) = devices
             .iter()
             .position(|d| d.device_id == device_id && d.conn != reply.conn)

@@ -29,10 +29,6 @@ use crate::store::Store;
 use config::Config;
 use shard::{Inbox, Inboxes, Shard, Shared};
 
-/// Listen backlog per shard: a connect storm beyond it gets resets, so it is
-/// as large as the kernel allows by default (somaxconn caps it).
-const LISTEN_BACKLOG: i32 = 4096;
-
 /// A running server.
 pub struct Server {
     local_addr: SocketAddr,
@@ -54,7 +50,7 @@ fn listener(addr: SocketAddr) -> std::io::Result<mio::net::TcpListener> {
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    socket.listen(LISTEN_BACKLOG)?;
+    socket.listen(crate::limits::LISTEN_BACKLOG)?;
     Ok(mio::net::TcpListener::from_std(socket.into()))
 }
 

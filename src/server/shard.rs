@@ -34,21 +34,6 @@ use crate::protocol::*;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
-/// Reads of one connection per turn before others get a go (fairness).
-const READS_PER_TURN: usize = 4;
-/// Connections accepted per turn before the loop serves the others.
-const ACCEPTS_PER_TURN: usize = 512;
-/// Size of the shard's read scratch buffer.
-const SCRATCH_LEN: usize = 64 * 1024;
-/// Pushes held during one sync before it switches to continuing from storage.
-const HELD_PUSHES_MAX: usize = 1024;
-/// Seconds a closing connection gets to flush before it is dropped.
-const CLOSING_GRACE_SECS: u64 = 2;
-/// Seconds shutdown waits for connections to flush their going-away.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-/// Events taken from the kernel per poll.
-const EVENTS_PER_POLL: usize = 1024;
-
 /// A shard's mailbox: events from other threads and the waker that rouses
 /// the shard's poll.
 pub struct Inbox {
@@ -192,7 +177,7 @@ impl Shard {
             free: Vec::new(),
             wheel: TimerWheel::new(),
             started: Instant::now(),
-            scratch: vec![0u8; SCRATCH_LEN],
+            scratch: vec![0u8; limits::SCRATCH_BYTES],
             to_flush: Vec::new(),
             to_close: Vec::new(),
             still_readable: Vec::new(),
@@ -223,7 +208,7 @@ impl Shard {
 
     /// Runs the loop until shutdown completes.
     pub fn run(mut self) {
-        let mut events = Events::with_capacity(EVENTS_PER_POLL);
+        let mut events = Events::with_capacity(limits::EVENTS_PER_POLL);
         let mut inbox = Vec::new();
         let mut due = Vec::new();
         loop {
@@ -318,7 +303,7 @@ impl Shard {
     fn accept(&mut self) {
         self.accept_pending = false;
         let per_shard_max = (self.shared.config.max_connections / self.shared.config.shards).max(1);
-        for _ in 0..ACCEPTS_PER_TURN {
+        for _ in 0..limits::ACCEPTS_PER_TURN {
             let Some(listener) = self.listener.as_ref() else {
                 return;
             };
@@ -442,7 +427,7 @@ impl Shard {
     }
 
     fn read_into(&mut self, token: u64, scratch: &mut [u8]) {
-        for _ in 0..READS_PER_TURN {
+        for _ in 0..limits::READS_PER_TURN {
             let Some(connection) = self.connection(token) else {
                 return;
             };
@@ -1016,7 +1001,8 @@ impl Shard {
                 connection.stage = Stage::Closing;
                 connection.accepted_tick = tick;
             }
-            self.wheel.schedule(token, tick + CLOSING_GRACE_SECS);
+            self.wheel
+                .schedule(token, tick + limits::CLOSING_GRACE_SECS);
             self.queue_flush(token);
         }
     }
@@ -1224,7 +1210,7 @@ impl Shard {
             if sync.overflow {
                 return;
             }
-            if sync.held.len() >= HELD_PUSHES_MAX {
+            if sync.held.len() >= limits::HELD_PUSHES_MAX {
                 sync.overflow = true;
                 sync.held = Vec::new();
                 return;
@@ -1328,7 +1314,7 @@ impl Shard {
                 connection.accepted_tick + handshake
             }
             Stage::Authenticated { .. } => connection.last_frame_tick + idle,
-            Stage::Closing => connection.accepted_tick + CLOSING_GRACE_SECS,
+            Stage::Closing => connection.accepted_tick + limits::CLOSING_GRACE_SECS,
         };
         if now_tick < deadline {
             self.wheel.schedule(token, deadline);
@@ -1358,7 +1344,8 @@ impl Shard {
         if self.shutdown_deadline.is_some() {
             return;
         }
-        self.shutdown_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+        self.shutdown_deadline =
+            Some(Instant::now() + Duration::from_secs(limits::SHUTDOWN_GRACE_SECS));
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }

@@ -7,9 +7,8 @@
 //! period whatever the traffic, and the cost per tick does not grow with the
 //! number of idle connections beyond that. Each entry is 8 bytes.
 
-/// Slots in the wheel: deadlines further out are filed at the last slot and
-/// refiled when it comes round.
-const SLOTS: usize = 4096;
+/// Slots in the wheel (see `limits::TIMER_WHEEL_SLOTS`).
+const SLOTS: usize = crate::limits::TIMER_WHEEL_SLOTS;
 
 pub struct TimerWheel {
     slots: Vec<Vec<u64>>,

@@ -117,7 +117,7 @@ fn bodies(c: &mut Criterion) {
         (
             "users: lookup of 16",
             Body::UserLookup(UserLookup {
-                users: (0..16).map(|i| UserKey::Id(i)).collect(),
+                users: (0..16).map(UserKey::Id).collect(),
             }),
         ),
     ];

@@ -470,3 +470,24 @@ fn running_out_of_descriptors_pauses_accept_instead_of_spinning() {
         }
     }
 }
+
+#[test]
+fn a_panic_costs_one_connection_not_the_shard() {
+    let server = TestServer::start_with_env(&["--shards", "1"], &[("GUSTD_TEST_PANIC", "1")]);
+    let (mut alice, _) = server.user("alice", "phone");
+    let bomb = gust::client::ClientOptions {
+        agent: "gust-test-panic".into(),
+        ..options()
+    };
+    let result = gust::client::Connection::connect(server.addr, &bomb);
+    assert!(result.is_err(), "the panicking connection is closed");
+    let deadline = Instant::now() + WAIT;
+    while !server.log_contains("panic while serving connection") {
+        assert!(Instant::now() < deadline, "the panic was not logged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The same (only) shard keeps serving old and new connections.
+    alice.ping().expect("an existing connection still works");
+    let (mut bob, _) = server.user("bob", "phone");
+    bob.ping().expect("a new connection works");
+}

@@ -294,6 +294,11 @@ impl Shard {
                 "shard {}: panic while serving connection {token:#x}; closing it",
                 self.id
             );
+            // The read path lends out the scratch buffer; a panic there
+            // leaves it empty, which would read as end-of-file for everyone.
+            if self.scratch.len() != limits::SCRATCH_BYTES {
+                self.scratch = vec![0u8; limits::SCRATCH_BYTES];
+            }
             self.remove(token);
         }
     }
@@ -692,6 +697,11 @@ impl Shard {
     }
 
     fn hello(&mut self, token: u64, header: FrameHeader, hello: Hello) -> Flow {
+        // A deliberate bug for the test that proves a panic costs one
+        // connection, not a shard; inert unless the variable is set.
+        if hello.agent == "gust-test-panic" && std::env::var_os("GUSTD_TEST_PANIC").is_some() {
+            panic!("deliberate panic for a test");
+        }
         if header.version != VERSION_MIN {
             return Flow::Fatal(
                 StatusCode::UnsupportedVersion,

@@ -24,19 +24,14 @@ pub struct TestServer {
     extra_args: Vec<String>,
     /// RLIMIT_NOFILE for the server process, to test the descriptor limit.
     nofile: Option<u64>,
+    /// Extra environment for the server process.
+    pub env: Vec<(String, String)>,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
 /// Flags that keep tests fast: cheap argon2 (the real cost is a production
 /// setting, not what is under test here).
-const TEST_FLAGS: &[&str] = &[
-    "--argon2-memory-kib",
-    "64",
-    "--argon2-iterations",
-    "1",
-    "--shards",
-    "2",
-];
+const TEST_FLAGS: &[&str] = &["--argon2-memory-kib", "64", "--argon2-iterations", "1"];
 
 impl TestServer {
     pub fn start() -> TestServer {
@@ -45,6 +40,27 @@ impl TestServer {
 
     pub fn start_with(extra: &[&str]) -> TestServer {
         Self::start_limited(extra, None)
+    }
+
+    /// Starts with extra environment variables.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> TestServer {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp.path().join("data");
+        let mut server = TestServer {
+            child: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            data_dir,
+            _temp: Some(temp),
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+            nofile: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log: Arc::new(Mutex::new(Vec::new())),
+        };
+        server.spawn();
+        server
     }
 
     /// Starts with at most `nofile` open descriptors.
@@ -58,6 +74,7 @@ impl TestServer {
             _temp: Some(temp),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             nofile,
+            env: Vec::new(),
             log: Arc::new(Mutex::new(Vec::new())),
         };
         server.spawn();
@@ -73,6 +90,7 @@ impl TestServer {
             .arg(&self.data_dir)
             .args(TEST_FLAGS)
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -92,6 +110,10 @@ impl TestServer {
                     Ok(())
                 });
             }
+        }
+        if !self.extra_args.iter().any(|a| a == "--shards") {
+            // Two shards: cross-shard delivery is the normal case under test.
+            command.args(["--shards", "2"]);
         }
         let mut child = command.spawn().expect("start gustd");
         let stderr = child.stderr.take().expect("stderr piped");

@@ -90,9 +90,9 @@ fn send_until_killed(server: &mut TestServer, durability: &str) {
             }
         }));
     }
-    // Let a few hundred sends through, then kill mid-stream.
+    // Let a thousand sends through, then kill mid-stream.
     let deadline = std::time::Instant::now() + WAIT;
-    while acked.lock().expect("acks").len() < 400 {
+    while acked.lock().expect("acks").len() < 1000 {
         assert!(std::time::Instant::now() < deadline, "sends too slow");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -102,6 +102,7 @@ fn send_until_killed(server: &mut TestServer, durability: &str) {
         sender.join().expect("sender thread");
     }
     let acked = acked.lock().expect("acks").clone();
+    eprintln!("{} sends acked before SIGKILL", acked.len());
     server.restart();
 
     let (mut bob, _) = server.device("bob", "phone");

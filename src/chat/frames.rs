@@ -6,11 +6,15 @@ use crate::protocol::cipher::NoCipher;
 use crate::protocol::frame::{self, VERSION_MAX};
 use crate::protocol::{Body, ErrorReply, StatusCode};
 
+const SMALL_FRAME_BYTES: usize = 96;
+
 /// Encodes a server frame. Server bodies are sized by the server itself
 /// (pages stop well below the payload ceiling), so failure is a bug: it is
 /// logged and turned into an `internal` error frame rather than a panic.
 pub fn encode(request_id: u32, body: &Body) -> Bytes {
-    let mut out = BytesMut::new();
+    // Most server frames (acks, receipts, errors) fit: one allocation, no
+    // regrowth.
+    let mut out = BytesMut::with_capacity(SMALL_FRAME_BYTES);
     match frame::encode_frame(
         &mut out,
         VERSION_MAX,
@@ -38,7 +42,7 @@ pub fn error(request_id: u32, code: StatusCode, message: &str, closing: bool) ->
         closing,
         message: message.to_string(),
     });
-    let mut out = BytesMut::new();
+    let mut out = BytesMut::with_capacity(SMALL_FRAME_BYTES);
     // An error body is a u16, a bool and a short string: it always encodes.
     match frame::encode_frame(
         &mut out,

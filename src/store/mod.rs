@@ -111,6 +111,13 @@ impl Store {
             if *name == CF_MESSAGES {
                 family.set_write_buffer_size(64 * 1024 * 1024);
             }
+            if *name == CF_DEDUPE {
+                // Every send looks its (sender, client id) up and almost
+                // always misses: a memtable bloom filter answers most misses
+                // without walking the skiplist.
+                family.set_memtable_prefix_bloom_ratio(0.1);
+                family.set_memtable_whole_key_filtering(true);
+            }
             ColumnFamilyDescriptor::new(*name, family)
         });
         let db = DB::open_cf_descriptors(&options, path, families)?;

@@ -520,3 +520,20 @@ fn the_conversation_list_shows_unread_counts_and_flags() {
         .expect_err("not a member");
     assert_eq!(err.status(), Some(StatusCode::Forbidden));
 }
+
+#[test]
+fn a_single_acceptor_hands_connections_to_every_shard() {
+    let server = TestServer::start_with(&["--accept-mode", "single", "--shards", "3"]);
+    let (mut alice, _) = server.user("alice", "phone");
+    let (_bob, bob_login) = server.user("bob", "phone");
+    // Six more devices land on all three shards in turn; each gets the push.
+    let mut devices: Vec<_> = (0..6)
+        .map(|i| server.device("bob", &format!("d{i}")).0)
+        .collect();
+    alice
+        .send_text(Target::User(bob_login.user_id), "everywhere")
+        .expect("send");
+    for device in &mut devices {
+        assert_eq!(text_of(&next_message(device)), "everywhere");
+    }
+}

@@ -175,8 +175,14 @@ impl Report {
                 ));
             }
         }
+        // A check is only claimed when nothing failed.
+        let verb = if self.failures.is_empty() {
+            "checked"
+        } else {
+            "checks run"
+        };
         for check in &self.checks {
-            out.push_str(&format!("  checked: {check}\n"));
+            out.push_str(&format!("  {verb}: {check}\n"));
         }
         for note in &self.notes {
             out.push_str(&format!("  note: {note}\n"));

@@ -440,12 +440,18 @@ pub fn idle(args: &IdleArgs) -> Result<Report, String> {
         (Some(before), Some(after)) => Some((after as f64 - before as f64) / n as f64),
         _ => None,
     };
+    let held_to_end = result.results.iter().filter(|r| r.open_at_end).count();
     let (pings, pongs): (u64, u64) = result
         .results
         .iter()
         .fold((0, 0), |(a, b), r| (a + r.pings, b + r.pongs));
     report
-        .figure("connections", "connections held", n, "")
+        .figure(
+            "connections",
+            "connections held to the end",
+            held_to_end,
+            "",
+        )
         .figure(
             "connect_s",
             "time to connect all",

@@ -32,6 +32,12 @@ pub struct Flags {
     #[argh(option)]
     pub shards: Option<usize>,
 
+    /// how connections reach the shards: "reuseport" (default: one
+    /// SO_REUSEPORT listener per shard, the kernel spreads connections) or
+    /// "single" (shard 0 accepts and hands sockets out in turn)
+    #[argh(option, default = "String::from(\"reuseport\")")]
+    pub accept_mode: String,
+
     /// when an ack is sent: "sync" fsyncs the WAL first (survives power
     /// loss; the default), "buffered" once the WAL is in the page cache
     /// (survives kill -9, not power loss)
@@ -103,12 +109,22 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7700))
 }
 
+/// How accepted connections are spread over the shards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcceptMode {
+    /// One SO_REUSEPORT listener per shard: the kernel balances, no hand-off.
+    ReusePort,
+    /// Shard 0 accepts everything and hands sockets out round-robin.
+    Single,
+}
+
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub shards: usize,
+    pub accept_mode: AcceptMode,
     pub durability: Durability,
     pub log_level: log::LevelFilter,
     pub psk: Option<[u8; PSK_LEN]>,
@@ -153,6 +169,15 @@ impl Config {
             None => None,
             Some(path) => Some(read_psk(path)?),
         };
+        let accept_mode = match flags.accept_mode.as_str() {
+            "reuseport" => AcceptMode::ReusePort,
+            "single" => AcceptMode::Single,
+            other => {
+                return Err(format!(
+                    "--accept-mode must be reuseport or single, not {other:?}"
+                ))
+            }
+        };
         let shards = flags.shards.unwrap_or_else(cores);
         if shards == 0 || shards > 1024 {
             return Err("--shards must be between 1 and 1024".into());
@@ -191,6 +216,7 @@ impl Config {
             listen: flags.listen,
             data_dir: flags.data_dir,
             shards,
+            accept_mode,
             durability,
             log_level,
             psk,

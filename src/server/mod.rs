@@ -26,7 +26,7 @@ use crate::chat::reader::Reader;
 use crate::chat::writer::Writer;
 use crate::chat::{HashJob, ReaderJob, ShardEvent, ShardSink, WriterRequest};
 use crate::store::Store;
-use config::Config;
+use config::{AcceptMode, Config};
 use shard::{Inbox, Inboxes, Shard, Shared};
 
 /// A running server.
@@ -71,10 +71,15 @@ impl Server {
         let mut polls = Vec::new();
         let mut listeners = Vec::new();
         let mut addr = config.listen;
-        for _ in 0..config.shards {
-            let listener = listener(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-            addr = listener.local_addr().map_err(|e| e.to_string())?;
-            listeners.push(listener);
+        for shard in 0..config.shards {
+            if shard == 0 || config.accept_mode == AcceptMode::ReusePort {
+                let listener =
+                    listener(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                addr = listener.local_addr().map_err(|e| e.to_string())?;
+                listeners.push(Some(listener));
+            } else {
+                listeners.push(None);
+            }
             polls.push(Poll::new().map_err(|e| format!("cannot create a poll: {e}"))?);
         }
         let mut inboxes = Vec::new();
@@ -112,6 +117,7 @@ impl Server {
 
         let shared = Arc::new(Shared {
             config: config.clone(),
+            inboxes: inboxes.clone(),
             writer: writer_tx.clone(),
             readers: readers_tx.clone(),
             hashers: hashers_tx.clone(),

@@ -21,7 +21,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
-use super::config::Config;
+use super::config::{AcceptMode, Config};
 use super::connection::{Connection, Stage, SyncState};
 use super::timer::TimerWheel;
 use crate::chat::{
@@ -38,6 +38,8 @@ const WAKER: Token = Token(usize::MAX - 2);
 /// the shard's poll.
 pub struct Inbox {
     events: Mutex<Vec<ShardEvent>>,
+    /// Sockets accepted by another shard (`--accept-mode single`).
+    adopted: Mutex<Vec<(std::net::TcpStream, SocketAddr)>>,
     waker: Waker,
 }
 
@@ -45,8 +47,32 @@ impl Inbox {
     pub fn new(poll: &Poll) -> std::io::Result<Inbox> {
         Ok(Inbox {
             events: Mutex::new(Vec::new()),
+            adopted: Mutex::new(Vec::new()),
             waker: Waker::new(poll.registry(), WAKER)?,
         })
+    }
+
+    /// Hands an accepted socket to this shard.
+    pub fn adopt(&self, socket: std::net::TcpStream, peer: SocketAddr) {
+        let was_empty = match self.adopted.lock() {
+            Ok(mut queue) => {
+                let was_empty = queue.is_empty();
+                queue.push((socket, peer));
+                was_empty
+            }
+            Err(_) => return,
+        };
+        if was_empty {
+            if let Err(e) = self.waker.wake() {
+                log::error!("cannot wake a shard: {e}");
+            }
+        }
+    }
+
+    fn take_adopted(&self, into: &mut Vec<(std::net::TcpStream, SocketAddr)>) {
+        if let Ok(mut queue) = self.adopted.lock() {
+            std::mem::swap(&mut *queue, into);
+        }
     }
 
     /// Appends events; wakes the shard only if the inbox was empty, since a
@@ -108,6 +134,8 @@ impl ShardSink for Inboxes {
 /// What every shard shares: configuration and the queues to the workers.
 pub struct Shared {
     pub config: Config,
+    /// Every shard's inbox, for handing accepted sockets over.
+    pub inboxes: Arc<Inboxes>,
     pub writer: Sender<WriterRequest>,
     pub readers: Sender<ReaderJob>,
     pub hashers: Sender<HashJob>,
@@ -123,6 +151,8 @@ pub struct Shard {
     id: u16,
     poll: Poll,
     listener: Option<TcpListener>,
+    /// Round-robin position when this shard accepts for all of them.
+    next_shard: usize,
     accept_paused_until: Option<u64>,
     accept_pending: bool,
     inbox: Arc<Inbox>,
@@ -158,17 +188,20 @@ impl Shard {
     pub fn new(
         id: u16,
         poll: Poll,
-        listener: TcpListener,
+        listener: Option<TcpListener>,
         inbox: Arc<Inbox>,
         shared: Arc<Shared>,
     ) -> std::io::Result<Shard> {
         let mut listener = listener;
-        poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        if let Some(listener) = listener.as_mut() {
+            poll.registry()
+                .register(listener, LISTENER, Interest::READABLE)?;
+        }
         Ok(Shard {
             id,
             poll,
-            listener: Some(listener),
+            listener,
+            next_shard: id as usize,
             accept_paused_until: None,
             accept_pending: false,
             inbox,
@@ -210,6 +243,7 @@ impl Shard {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(limits::EVENTS_PER_POLL);
         let mut inbox = Vec::new();
+        let mut adopted = Vec::new();
         let mut due = Vec::new();
         loop {
             let timeout = if self.still_readable.is_empty() && !self.accept_pending {
@@ -244,6 +278,17 @@ impl Shard {
             }
             for token in std::mem::take(&mut self.still_readable) {
                 self.guarded(token, |shard| shard.read_ready(token));
+            }
+            self.inbox.take_adopted(&mut adopted);
+            for (socket, peer) in adopted.drain(..) {
+                if self.shutdown_deadline.is_some() {
+                    continue; // dropping it closes it
+                }
+                if let Err(e) = socket.set_nonblocking(true) {
+                    log::warn!("shard {}: cannot adopt {peer}: {e}", self.id);
+                    continue;
+                }
+                self.insert(TcpStream::from_std(socket), peer);
             }
             self.inbox.take(&mut inbox);
             for event in inbox.drain(..) {
@@ -324,7 +369,7 @@ impl Shard {
                         drop(socket);
                         continue;
                     }
-                    self.insert(socket, peer);
+                    self.place(socket, peer);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
@@ -341,6 +386,22 @@ impl Shard {
             }
         }
         self.accept_pending = true;
+    }
+
+    /// Keeps an accepted socket, or, when this shard accepts for all
+    /// (`--accept-mode single`), hands it to the next shard in turn.
+    fn place(&mut self, socket: TcpStream, peer: SocketAddr) {
+        let shards = self.shared.inboxes.0.len();
+        if shards <= 1 || self.shared.config.accept_mode != AcceptMode::Single {
+            return self.insert(socket, peer);
+        }
+        self.next_shard = (self.next_shard + 1) % shards;
+        if self.next_shard == self.id as usize {
+            return self.insert(socket, peer);
+        }
+        if let Some(inbox) = self.shared.inboxes.0.get(self.next_shard) {
+            inbox.adopt(std::net::TcpStream::from(socket), peer);
+        }
     }
 
     fn pause_accept(&mut self) {

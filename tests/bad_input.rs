@@ -491,3 +491,16 @@ fn a_panic_costs_one_connection_not_the_shard() {
     let (mut bob, _) = server.user("bob", "phone");
     bob.ping().expect("a new connection works");
 }
+
+#[test]
+fn connections_over_the_limit_get_server_busy() {
+    let server = TestServer::start_with(&["--max-connections", "2", "--shards", "1"]);
+    let (mut alice, _) = server.user("alice", "phone");
+    let _second = Raw::connect(&server);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut third = Raw::connect(&server);
+    third.expect_error(0, StatusCode::ServerBusy, true);
+    alice
+        .ping()
+        .expect("connections under the limit are served");
+}

@@ -153,6 +153,10 @@ pub struct Shard {
     listener: Option<TcpListener>,
     /// Round-robin position when this shard accepts for all of them.
     next_shard: usize,
+    /// Connections refused at the limit since the last log line, and the tick
+    /// of that line.
+    refused: u64,
+    refused_logged_tick: Option<u64>,
     accept_paused_until: Option<u64>,
     accept_pending: bool,
     inbox: Arc<Inbox>,
@@ -202,6 +206,8 @@ impl Shard {
             poll,
             listener,
             next_shard: id as usize,
+            refused: 0,
+            refused_logged_tick: None,
             accept_paused_until: None,
             accept_pending: false,
             inbox,
@@ -361,12 +367,7 @@ impl Shard {
                 Ok((socket, peer)) => {
                     let open = self.slots.len() - self.free.len();
                     if open >= per_shard_max {
-                        // Refuse by closing at once: cheaper than queueing.
-                        log::warn!(
-                            "shard {}: connection limit {per_shard_max} reached; refusing {peer}",
-                            self.id
-                        );
-                        drop(socket);
+                        self.refuse(socket, peer, per_shard_max);
                         continue;
                     }
                     self.place(socket, peer);
@@ -386,6 +387,33 @@ impl Shard {
             }
         }
         self.accept_pending = true;
+    }
+
+    /// At the connection limit: a final `server_busy` (one small write into
+    /// an empty socket buffer, so it does not block) and close. One log line
+    /// per second at most, with a count, so a flood cannot flood the log.
+    fn refuse(&mut self, mut socket: TcpStream, peer: SocketAddr, limit: usize) {
+        let body = Body::Error(ErrorReply {
+            code: StatusCode::ServerBusy as u16,
+            closing: true,
+            message: "connection limit reached; retry later".into(),
+        });
+        let mut frame = BytesMut::new();
+        if frame::encode_frame(&mut frame, VERSION_MAX, 0, &body, &mut NoCipher, u32::MAX).is_ok() {
+            let _ = socket.write(&frame);
+        }
+        drop(socket);
+        self.refused += 1;
+        let tick = self.tick();
+        if self.refused_logged_tick != Some(tick) {
+            self.refused_logged_tick = Some(tick);
+            log::warn!(
+                "shard {}: connection limit {limit} reached; refused {} connections (latest {peer})",
+                self.id,
+                self.refused
+            );
+            self.refused = 0;
+        }
     }
 
     /// Keeps an accepted socket, or, when this shard accepts for all

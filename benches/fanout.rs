@@ -55,20 +55,32 @@ fn reply(token: u64) -> Reply {
     }
 }
 
-fn setup(
-    devices: usize,
-) -> (
-    tempfile::TempDir,
-    Sender<WriterRequest>,
-    Arc<CountingSink>,
-    UserId,
-) {
+/// A running writer over a temporary store.
+struct Bench {
+    _dir: tempfile::TempDir,
+    requests: Sender<WriterRequest>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    sink: Arc<CountingSink>,
+}
+
+impl Drop for Bench {
+    /// Stops the writer and closes RocksDB before the directory goes: a
+    /// process exiting with RocksDB still open aborts in its destructors.
+    fn drop(&mut self) {
+        let _ = self.requests.send(WriterRequest::Shutdown);
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+fn setup(devices: usize) -> (Bench, UserId) {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = Store::open(dir.path(), Durability::Buffered).expect("open");
     let sink = Arc::new(CountingSink::default());
     let writer = Writer::new(store, sink.clone(), WriterConfig::default()).expect("writer");
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || writer.run(rx));
+    let writer = std::thread::spawn(move || writer.run(rx));
     for (i, name) in ["alice", "bob"].iter().enumerate() {
         tx.send(WriterRequest::Register {
             reply: reply(i as u64),
@@ -99,13 +111,20 @@ fn setup(
         expected += 1;
     }
     sink.wait_for(expected);
-    (dir, tx, sink, 2)
+    let bench = Bench {
+        _dir: dir,
+        requests: tx,
+        writer: Some(writer),
+        sink,
+    };
+    (bench, 2)
 }
 
 fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("fan-out");
     for devices in [1usize, 100, 1000] {
-        let (_dir, tx, sink, bob) = setup(devices);
+        let (bench, bob) = setup(devices);
+        let (tx, sink) = (bench.requests.clone(), bench.sink.clone());
         let mut next_id = 0u64;
         group.throughput(Throughput::Elements(devices as u64));
         group.bench_function(format!("one message to {devices} devices"), |b| {

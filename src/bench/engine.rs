@@ -1272,14 +1272,9 @@ impl Worker {
             Err(e) => return self.fail(i, "bad hello_ack", e.to_string()),
         }
         conn.version = ack.version;
-        // A broken server must not make us reserve gigabytes.
-        conn.payload_len_max = ack.payload_len_max.min(limits::PAYLOAD_LEN_CEILING);
-        conn.decoder = FrameDecoder::new(conn.payload_len_max);
-        conn.decoder.require_version(ack.version);
-        conn.heartbeat = match ack.heartbeat_interval_ms {
-            0 => None,
-            ms => Some(Duration::from_millis(u64::from(ms))),
-        };
+        conn.payload_len_max = ack.payload_len_limit();
+        conn.decoder = ack.decoder();
+        conn.heartbeat = ack.heartbeat();
         conn.state = State::ResumeSent;
         conn.step_ns = now;
         let resume = Body::Resume(Resume {

@@ -110,19 +110,8 @@ impl UserPool {
     }
 }
 
-pub fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || !text.is_ascii() {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
-}
+/// Hex as the client's session file writes it: one codec for both.
+pub use crate::client::session_file::{hex_decode, hex_encode};
 
 fn random_tag() -> Result<String, String> {
     let mut bytes = [0u8; 3];

@@ -179,14 +179,9 @@ impl Connection {
             Role::Client,
         )?;
         conn.version = ack.version;
-        // A hostile or broken server must not make us reserve gigabytes.
-        conn.payload_len_max = ack.payload_len_max.min(limits::PAYLOAD_LEN_CEILING);
-        conn.decoder = FrameDecoder::new(conn.payload_len_max);
-        conn.decoder.require_version(ack.version);
-        conn.heartbeat = match ack.heartbeat_interval_ms {
-            0 => None,
-            ms => Some(Duration::from_millis(u64::from(ms))),
-        };
+        conn.payload_len_max = ack.payload_len_limit();
+        conn.decoder = ack.decoder();
+        conn.heartbeat = ack.heartbeat();
         log::debug!(
             "connected to {:?} ({}), version {}, cipher {}",
             conn.stream.peer_addr().ok(),

@@ -15,7 +15,7 @@ mod error;
 mod events;
 mod format;
 mod session;
-mod session_file;
+pub(crate) mod session_file;
 #[cfg(test)]
 mod test_server;
 

@@ -117,7 +117,7 @@ impl SessionFile {
     }
 }
 
-pub(crate) fn hex_encode(bytes: &[u8]) -> String {
+pub fn hex_encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         // Writing to a String cannot fail.
@@ -126,7 +126,7 @@ pub(crate) fn hex_encode(bytes: &[u8]) -> String {
     out
 }
 
-pub(crate) fn hex_decode(text: &str) -> Option<Vec<u8>> {
+pub fn hex_decode(text: &str) -> Option<Vec<u8>> {
     if text.len() % 2 != 0 || !text.is_ascii() {
         return None;
     }

@@ -54,6 +54,30 @@ pub struct HelloAck {
     pub server: String,
 }
 
+impl HelloAck {
+    /// The payload limit to use with this server: its own, but never above
+    /// the ceiling, so a broken server cannot make a client reserve gigabytes.
+    pub fn payload_len_limit(&self) -> u32 {
+        self.payload_len_max.min(crate::limits::PAYLOAD_LEN_CEILING)
+    }
+
+    /// A decoder for every frame after this one.
+    pub fn decoder(&self) -> super::FrameDecoder {
+        let mut decoder = super::FrameDecoder::new(self.payload_len_limit());
+        decoder.require_version(self.version);
+        decoder
+    }
+
+    /// How often to send a frame when idle; `None` when the server asks for
+    /// no heartbeat (0).
+    pub fn heartbeat(&self) -> Option<std::time::Duration> {
+        match self.heartbeat_interval_ms {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(u64::from(ms))),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Register {
     pub username: String,

@@ -44,27 +44,15 @@ impl TestServer {
 
     /// Starts with extra environment variables.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> TestServer {
-        let temp = tempfile::tempdir().expect("temp dir");
-        let data_dir = temp.path().join("data");
-        let mut server = TestServer {
-            child: None,
-            addr: "127.0.0.1:0".parse().unwrap(),
-            data_dir,
-            _temp: Some(temp),
-            extra_args: extra.iter().map(|s| s.to_string()).collect(),
-            nofile: None,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            log: Arc::new(Mutex::new(Vec::new())),
-        };
-        server.spawn();
-        server
+        Self::start_full(extra, None, env)
     }
 
     /// Starts with at most `nofile` open descriptors.
     pub fn start_limited(extra: &[&str], nofile: Option<u64>) -> TestServer {
+        Self::start_full(extra, nofile, &[])
+    }
+
+    fn start_full(extra: &[&str], nofile: Option<u64>, env: &[(&str, &str)]) -> TestServer {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().join("data");
         let mut server = TestServer {
@@ -74,7 +62,10 @@ impl TestServer {
             _temp: Some(temp),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             nofile,
-            env: Vec::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             log: Arc::new(Mutex::new(Vec::new())),
         };
         server.spawn();

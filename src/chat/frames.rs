@@ -4,7 +4,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::protocol::cipher::NoCipher;
 use crate::protocol::frame::{self, VERSION_MAX};
-use crate::protocol::{Body, ErrorReply, StatusCode};
+use crate::protocol::{Body, Command, ErrorReply, StatusCode};
 
 const SMALL_FRAME_BYTES: usize = 96;
 
@@ -54,5 +54,31 @@ pub fn error(request_id: u32, code: StatusCode, message: &str, closing: bool) ->
     ) {
         Ok(()) => out.freeze(),
         Err(_) => Bytes::new(),
+    }
+}
+
+/// A frame whose payload is already encoded: a stored message (a push shares
+/// its stored bytes) or a page assembled from stored messages.
+pub fn raw(request_id: u32, command: Command, payload: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(frame::FRAME_OVERHEAD + payload.len());
+    match frame::encode_raw_frame(
+        &mut out,
+        VERSION_MAX,
+        request_id,
+        command as u16,
+        payload,
+        &mut NoCipher,
+        crate::limits::PAYLOAD_LEN_CEILING,
+    ) {
+        Ok(()) => out.freeze(),
+        Err(e) => {
+            log::error!("cannot frame {}: {e}", command.name());
+            error(
+                request_id,
+                StatusCode::Internal,
+                "response could not be encoded",
+                false,
+            )
+        }
     }
 }

@@ -82,14 +82,15 @@ pub enum ShardEvent {
 }
 
 impl ShardEvent {
-    pub fn shard(&self) -> Option<u16> {
+    /// The connection the event is for; `None` for shutdown (every shard).
+    pub fn conn(&self) -> Option<ConnRef> {
         match self {
             ShardEvent::Frame { conn, .. }
             | ShardEvent::Deliver { conn, .. }
             | ShardEvent::Authenticated { conn, .. }
             | ShardEvent::Unauthenticated { conn, .. }
             | ShardEvent::SyncDone { conn, .. }
-            | ShardEvent::Close { conn, .. } => Some(conn.shard),
+            | ShardEvent::Close { conn, .. } => Some(*conn),
             ShardEvent::Shutdown => None,
         }
     }

@@ -16,8 +16,6 @@ use bytes::{Bytes, BytesMut};
 
 use super::{frames, ReaderJob, Reply, ShardEvent, ShardSink};
 use crate::protocol::body_codec;
-use crate::protocol::cipher::NoCipher;
-use crate::protocol::frame::{self, VERSION_MAX};
 use crate::protocol::*;
 use crate::store::records::ConversationRecordKind;
 use crate::store::{Store, StoreError};
@@ -80,25 +78,10 @@ impl Page {
 }
 
 fn page_frame(request_id: u32, command: Command, page: &Page, trailer: Option<bool>) -> Bytes {
-    let mut out = BytesMut::new();
-    let result = page
-        .payload(trailer)
-        .map_err(frame::EncodeError::from)
-        .and_then(|payload| {
-            frame::encode_raw_frame(
-                &mut out,
-                VERSION_MAX,
-                request_id,
-                command as u16,
-                &payload,
-                &mut NoCipher,
-                crate::limits::PAYLOAD_LEN_CEILING,
-            )
-        });
-    match result {
-        Ok(()) => out.freeze(),
+    match page.payload(trailer) {
+        Ok(payload) => frames::raw(request_id, command, &payload),
         Err(e) => {
-            log::error!("cannot frame a {}: {e}", command.name());
+            log::error!("cannot encode a {}: {e}", command.name());
             frames::error(
                 request_id,
                 StatusCode::Internal,

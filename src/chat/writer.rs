@@ -12,13 +12,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
 use ring::digest;
 
 use super::{frames, now_ms, ConnRef, MemberFlag, Reply, ShardEvent, ShardSink, WriterRequest};
 use crate::protocol::body_codec;
-use crate::protocol::cipher::NoCipher;
-use crate::protocol::frame::{self, VERSION_MAX};
 use crate::protocol::*;
 use crate::store::records::*;
 use crate::store::{Batch, Store, StoreError};
@@ -133,31 +130,6 @@ fn token_hash(token: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(digest::digest(&digest::SHA256, token).as_ref());
     out
-}
-
-/// A frame whose payload is already-encoded bytes (no cipher).
-fn raw_frame(request_id: u32, command: Command, payload: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(frame::FRAME_OVERHEAD + payload.len());
-    match frame::encode_raw_frame(
-        &mut out,
-        VERSION_MAX,
-        request_id,
-        command as u16,
-        payload,
-        &mut NoCipher,
-        crate::limits::PAYLOAD_LEN_CEILING,
-    ) {
-        Ok(()) => out.freeze(),
-        Err(e) => {
-            log::error!("cannot frame {}: {e}", command.name());
-            frames::error(
-                request_id,
-                StatusCode::Internal,
-                "response could not be encoded",
-                false,
-            )
-        }
-    }
 }
 
 impl Writer {
@@ -792,7 +764,7 @@ impl Writer {
 
         // `Deliver { message }` encodes exactly as the stored message: frame
         // the stored bytes once and share them with every recipient.
-        let deliver = raw_frame(0, Command::Deliver, &wire);
+        let deliver = frames::raw(0, Command::Deliver, &wire);
         for member in members {
             let Some(devices) = self.online.get(&member) else {
                 continue;
@@ -876,7 +848,6 @@ impl Writer {
         };
         // Cursors never pass the newest message.
         let seq = seq.min(conversation.last_seq);
-        let members = conversation.members.clone();
         let key = (user_id, conversation_id);
         let member = self.member_mut(user_id, conversation_id)?;
         let advanced = match kind {
@@ -905,8 +876,14 @@ impl Writer {
                     seq,
                 }),
             );
-            for member in members.into_iter().filter(|m| *m != user_id) {
-                let Some(devices) = self.online.get(&member) else {
+            // Borrowed, not cloned: acks are on the per-message path.
+            let members = self
+                .conversations
+                .get(&conversation_id)
+                .map(|c| c.members.as_slice())
+                .unwrap_or_default();
+            for member in members.iter().filter(|m| **m != user_id) {
+                let Some(devices) = self.online.get(member) else {
                     continue;
                 };
                 for device in devices {

@@ -60,8 +60,9 @@ pub struct Connection {
     pub read_buf: BytesMut,
     /// Frames waiting for the socket; empty (unallocated) once drained.
     pub out: BytesMut,
-    /// Shard tick of accept, for the handshake deadline.
-    pub accepted_tick: u64,
+    /// Shard tick the current stage's deadline counts from: accept (or a
+    /// logout) for the handshake deadline, the start of closing for its grace.
+    pub stage_since_tick: u64,
     /// Shard tick of the last whole frame, for the idle deadline.
     pub last_frame_tick: u64,
     pub sync: Option<Box<SyncState>>,
@@ -82,7 +83,7 @@ impl Connection {
             cipher: None,
             read_buf: BytesMut::new(),
             out: BytesMut::new(),
-            accepted_tick: tick,
+            stage_since_tick: tick,
             last_frame_tick: tick,
             sync: None,
             behind: None,

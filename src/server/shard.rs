@@ -62,11 +62,7 @@ impl Inbox {
             }
             Err(_) => return,
         };
-        if was_empty {
-            if let Err(e) = self.waker.wake() {
-                log::error!("cannot wake a shard: {e}");
-            }
-        }
+        self.wake_if(was_empty);
     }
 
     fn take_adopted(&self, into: &mut Vec<(std::net::TcpStream, SocketAddr)>) {
@@ -86,6 +82,12 @@ impl Inbox {
             }
             Err(_) => return,
         };
+        self.wake_if(was_empty);
+    }
+
+    /// Wakes the shard only if its queue was empty: a non-empty queue already
+    /// has a wake pending.
+    fn wake_if(&self, was_empty: bool) {
         if was_empty {
             if let Err(e) = self.waker.wake() {
                 log::error!("cannot wake a shard: {e}");
@@ -110,7 +112,7 @@ impl ShardSink for Inboxes {
         }
         let mut per_shard: Vec<Vec<ShardEvent>> = (0..self.0.len()).map(|_| Vec::new()).collect();
         for event in events {
-            match event.shard() {
+            match event.conn().map(|conn| conn.shard) {
                 Some(shard) => {
                     if let Some(queue) = per_shard.get_mut(shard as usize) {
                         queue.push(event);
@@ -298,12 +300,8 @@ impl Shard {
             }
             self.inbox.take(&mut inbox);
             for event in inbox.drain(..) {
-                let token = match &event {
-                    ShardEvent::Shutdown => None,
-                    other => other.token(),
-                };
-                match token {
-                    Some(token) => self.guarded(token, |shard| shard.handle_event(event)),
+                match event.conn() {
+                    Some(conn) => self.guarded(conn.token, |shard| shard.handle_event(event)),
                     None => self.begin_shutdown(),
                 }
             }
@@ -1098,7 +1096,7 @@ impl Shard {
             }
             if let Some(connection) = self.connection(token) {
                 connection.stage = Stage::Closing;
-                connection.accepted_tick = tick;
+                connection.stage_since_tick = tick;
             }
             self.wheel
                 .schedule(token, tick + limits::CLOSING_GRACE_SECS);
@@ -1271,7 +1269,7 @@ impl Shard {
                     if connection.stage != Stage::Closing {
                         connection.stage = Stage::Unauthenticated;
                         // A new handshake window starts after a logout.
-                        connection.accepted_tick = tick;
+                        connection.stage_since_tick = tick;
                         connection.sync = None;
                         connection.behind = None;
                     }
@@ -1410,10 +1408,10 @@ impl Shard {
         let stage = connection.stage;
         let deadline = match stage {
             Stage::AwaitHello | Stage::Unauthenticated | Stage::Authenticating => {
-                connection.accepted_tick + handshake
+                connection.stage_since_tick + handshake
             }
             Stage::Authenticated { .. } => connection.last_frame_tick + idle,
-            Stage::Closing => connection.accepted_tick + limits::CLOSING_GRACE_SECS,
+            Stage::Closing => connection.stage_since_tick + limits::CLOSING_GRACE_SECS,
         };
         if now_tick < deadline {
             self.wheel.schedule(token, deadline);
@@ -1464,20 +1462,6 @@ impl Shard {
                 self.respond(token, 0, &going_away);
             }
             self.close_after_flush(token);
-        }
-    }
-}
-
-impl ShardEvent {
-    fn token(&self) -> Option<u64> {
-        match self {
-            ShardEvent::Frame { conn, .. }
-            | ShardEvent::Deliver { conn, .. }
-            | ShardEvent::Authenticated { conn, .. }
-            | ShardEvent::Unauthenticated { conn, .. }
-            | ShardEvent::SyncDone { conn, .. }
-            | ShardEvent::Close { conn, .. } => Some(conn.token),
-            ShardEvent::Shutdown => None,
         }
     }
 }

@@ -3,6 +3,7 @@
 //!
 //! `cargo bench --bench store`
 
+use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use gust::store::{Durability, Store};
 
@@ -22,7 +23,9 @@ fn appends(c: &mut Criterion) {
                         let mut batch = store.batch();
                         for _ in 0..batch_len {
                             seq += 1;
-                            batch.put_message(seq % 64, seq, &value).expect("put");
+                            batch
+                                .put_message(seq % 64, seq, Bytes::copy_from_slice(&value))
+                                .expect("put");
                         }
                         batch
                     },

@@ -80,6 +80,11 @@ pub const READS_PER_TURN: usize = 4;
 /// Size of each shard's read scratch buffer. Whole frames are parsed from it
 /// in place; a connection keeps only a trailing partial frame of its own.
 pub const SCRATCH_BYTES: usize = 64 * 1024;
+/// Initial size of a connection's output buffer, lent from the shard's pool
+/// while the connection has output and taken back once it drains.
+pub const OUT_BUFFER_BYTES: usize = 8 * 1024;
+/// Drained output buffers a shard keeps for reuse (at most 4 MiB per shard).
+pub const OUT_BUFFER_POOL_MAX: usize = 512;
 /// Connections accepted per turn before the loop serves the others.
 pub const ACCEPTS_PER_TURN: usize = 512;
 /// Readiness events taken from the kernel per poll.

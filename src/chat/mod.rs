@@ -20,7 +20,7 @@ pub mod writer;
 use bytes::Bytes;
 
 use crate::protocol::{
-    ConversationId, ConversationList, History, Send, Seq, SyncCursor, UserId, UserKey,
+    ConversationId, ConversationList, History, Send, SendAck, Seq, SyncCursor, UserId, UserKey,
 };
 
 pub use accounts::HashJob;
@@ -47,13 +47,23 @@ pub struct Reply {
 pub enum ShardEvent {
     /// A response or error: always written.
     Frame { conn: ConnRef, frame: Bytes },
+    /// A send's ack, encoded by the shard straight into the connection's
+    /// buffer: the storage writer, which every send passes through, does not
+    /// spend its time on frames.
+    SendAck {
+        conn: ConnRef,
+        request_id: u32,
+        ack: SendAck,
+    },
     /// A push of a stored message: held during a sync, dropped (and caught up
-    /// later from storage) when the connection is behind.
+    /// later from storage) when the connection is behind. `message` is the
+    /// stored encoding of the `Message`, which is exactly a `deliver` payload;
+    /// the shard frames it for each recipient.
     Deliver {
         conn: ConnRef,
         conversation_id: ConversationId,
         seq: Seq,
-        frame: Bytes,
+        message: Bytes,
     },
     /// Login or resume succeeded: the connection is now this user's device.
     Authenticated {
@@ -86,6 +96,7 @@ impl ShardEvent {
     pub fn conn(&self) -> Option<ConnRef> {
         match self {
             ShardEvent::Frame { conn, .. }
+            | ShardEvent::SendAck { conn, .. }
             | ShardEvent::Deliver { conn, .. }
             | ShardEvent::Authenticated { conn, .. }
             | ShardEvent::Unauthenticated { conn, .. }

@@ -2,16 +2,30 @@
 //! id, and of the routing table that says which connections are online.
 //!
 //! One thread drains everything the shards and hashers have queued (up to
-//! `batch_requests_max`), applies it to one RocksDB `WriteBatch`, commits it
-//! once (fsync per the durability setting), and only then posts the acks and
-//! deliveries back to the shards: group commit by construction. Because one
-//! thread assigns seqs, a conversation's seqs are gapless and strictly
-//! increasing, and the seq is written in the same atomic batch as the message.
+//! `batch_requests_max`) and applies it to one RocksDB `WriteBatch`; a second
+//! thread, the committer, writes that batch (fsync per the durability
+//! setting) and only then posts its acks and deliveries to the shards: group
+//! commit by construction. Because one thread assigns seqs, a conversation's
+//! seqs are gapless and strictly increasing, and the seq is written in the
+//! same atomic batch as the message.
+//!
+//! The two threads form a pipeline one batch deep: while batch N is being
+//! written and fsynced, the writer applies batch N+1 (before, it slept
+//! through every fsync). Batch N+1 is built on N's in-memory effects, so:
+//! - it is handed over only once N is known to be durable, and if N failed it
+//!   is refused whole (nothing of it written) and the caches are reread;
+//! - reads that could miss N's not-yet-written keys are answered from memory:
+//!   dedupe entries and usernames of the batch in flight are kept until it
+//!   lands, and the caches are only ever dropped with nothing in flight. Every
+//!   other store read concerns keys a client can only learn of from an
+//!   answer, and answers go out after their batch is durable.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use ring::digest;
 
 use super::{frames, now_ms, ConnRef, MemberFlag, Reply, ShardEvent, ShardSink, WriterRequest};
@@ -73,31 +87,76 @@ struct Cycle {
     counters_dirty: bool,
 }
 
+#[derive(Default)]
+struct CycleSizes {
+    after_commit: usize,
+    on_failure: usize,
+    sends: usize,
+}
+
+/// A sealed cycle on its way to the committer thread.
+struct Commit {
+    /// `None` when the cycle wrote nothing (only reads and refusals).
+    batch: Option<Batch>,
+    after_commit: Vec<ShardEvent>,
+    on_failure: Vec<Refused>,
+}
+
+/// The committer's answer for one `Commit`.
+struct Committed {
+    ok: bool,
+    /// Time spent in RocksDB's write (memtable insert, WAL write, fsync).
+    took: Duration,
+}
+
+/// The batch being written while the next one is applied.
+struct InFlight {
+    /// Its sends by (sender, client message id), so that a retry arriving
+    /// before the batch lands is answered from memory, not missed in the store.
+    sends: HashMap<(UserId, u64), SendAck>,
+    /// Its registered usernames, for the same reason.
+    usernames: HashSet<String>,
+    /// Routes it added, removed again if it fails.
+    routes_added: Vec<(UserId, ConnRef)>,
+}
+
 /// What the writer did over the last interval, logged at debug level: the
 /// first thing to read when throughput disappoints.
 #[derive(Default)]
 struct CycleStats {
-    since: Option<std::time::Instant>,
+    since: Option<Instant>,
     cycles: u64,
     requests: u64,
-    apply: std::time::Duration,
-    commit: std::time::Duration,
+    /// Applying requests to the batch.
+    apply: Duration,
+    /// Waiting for the committer before the next batch could be handed over.
+    wait: Duration,
+    /// The committer's writes.
+    commit: Duration,
 }
 
 impl CycleStats {
-    fn record(&mut self, requests: usize, apply: std::time::Duration, commit: std::time::Duration) {
-        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+    fn record(&mut self, requests: usize, apply: Duration) {
+        self.since.get_or_insert_with(Instant::now);
         self.cycles += 1;
         self.requests += requests as u64;
         self.apply += apply;
+    }
+
+    fn committed(&mut self, wait: Duration, commit: Duration) {
+        self.wait += wait;
         self.commit += commit;
-        if since.elapsed() >= std::time::Duration::from_secs(5) {
+        let Some(since) = self.since else { return };
+        if since.elapsed() >= Duration::from_secs(5) && self.cycles > 0 {
+            let per_cycle = |d: Duration| d.as_micros() as f64 / self.cycles as f64;
             log::debug!(
-                "writer: {} cycles, {:.0} requests per cycle, {:.0} us applying and {:.0} us committing per cycle",
+                "writer: {} cycles, {:.0} requests per cycle; per cycle {:.0} us applying, \
+                 {:.0} us waiting for the committer, {:.0} us committing",
                 self.cycles,
                 self.requests as f64 / self.cycles as f64,
-                self.apply.as_micros() as f64 / self.cycles as f64,
-                self.commit.as_micros() as f64 / self.cycles as f64,
+                per_cycle(self.apply),
+                per_cycle(self.wait),
+                per_cycle(self.commit),
             );
             *self = CycleStats::default();
         }
@@ -114,6 +173,12 @@ pub struct Writer {
     direct: HashMap<(UserId, UserId), ConversationId>,
     online: HashMap<UserId, Vec<Device>>,
     last_seen_ms: HashMap<UserId, u64>,
+    /// The batch the committer holds, if any.
+    in_flight: Option<InFlight>,
+    /// Sizes of the last cycle, to size the next one's collections: under
+    /// load consecutive cycles are alike, and regrowing them was measurable.
+    last_cycle: CycleSizes,
+    stats: CycleStats,
 }
 
 /// Why a request failed, as the client will see it.
@@ -149,18 +214,58 @@ impl Writer {
             direct: HashMap::new(),
             online: HashMap::new(),
             last_seen_ms: HashMap::new(),
+            in_flight: None,
+            last_cycle: CycleSizes::default(),
+            stats: CycleStats::default(),
         })
     }
 
     /// Runs until a `Shutdown` request arrives or every sender is gone.
     pub fn run(mut self, requests: Receiver<WriterRequest>) {
-        let mut stats = CycleStats::default();
-        loop {
-            let Ok(first) = requests.recv() else {
+        // Depth one: the writer never gets two batches ahead of the disk.
+        let (commits, commits_rx) = mpsc::sync_channel::<Commit>(1);
+        let (committed_tx, committed) = mpsc::channel::<Committed>();
+        let committer = {
+            let store = self.store.clone();
+            let sink = self.sink.clone();
+            std::thread::Builder::new()
+                .name("gust-committer".into())
+                .spawn(move || commit_loop(store, sink, commits_rx, committed_tx))
+        };
+        let committer = match committer {
+            Ok(handle) => handle,
+            Err(e) => {
+                log::error!("cannot start the committer thread: {e}");
                 return;
+            }
+        };
+        let pipe = Pipe { commits, committed };
+        self.serve(&requests, &pipe);
+        self.settle(&pipe);
+        drop(pipe);
+        if committer.join().is_err() {
+            log::error!("the committer thread panicked");
+        }
+        log::info!("storage writer stopped");
+    }
+
+    fn serve(&mut self, requests: &Receiver<WriterRequest>, pipe: &Pipe) {
+        loop {
+            let first = match requests.try_recv() {
+                Ok(request) => request,
+                Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => {
+                    // Idle: learn how the batch in flight ended before
+                    // sleeping, so a failure's routes are not left behind.
+                    self.settle(pipe);
+                    match requests.recv() {
+                        Ok(request) => request,
+                        Err(_) => return,
+                    }
+                }
             };
-            let started = std::time::Instant::now();
-            let mut cycle = self.new_cycle();
+            let started = Instant::now();
+            let mut cycle = self.new_cycle(pipe);
             let mut shutdown = self.apply(first, &mut cycle);
             let mut applied = 1;
             while !shutdown && applied < self.config.batch_requests_max {
@@ -172,32 +277,115 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let applied_at = std::time::Instant::now();
-            self.commit(cycle);
-            stats.record(applied, applied_at - started, applied_at.elapsed());
+            self.stats.record(applied, started.elapsed());
+            self.hand_over(cycle, pipe);
             if shutdown {
-                log::info!("storage writer stopped");
                 return;
             }
         }
     }
 
-    fn new_cycle(&mut self) -> Cycle {
-        if self.conversations.len() > self.config.conversation_cache_max {
-            self.conversations.clear();
-            self.direct.clear();
+    /// Waits for the batch in flight, if any, and deals with its outcome.
+    /// Returns false if it failed (its routes are then rolled back and the
+    /// caches dropped: whatever was built on it must be refused).
+    fn settle(&mut self, pipe: &Pipe) -> bool {
+        let Some(in_flight) = self.in_flight.take() else {
+            return true;
+        };
+        let waiting = Instant::now();
+        let outcome = pipe.committed.recv().unwrap_or(Committed {
+            ok: false,
+            took: Duration::ZERO,
+        });
+        self.stats.committed(waiting.elapsed(), outcome.took);
+        if !outcome.ok {
+            for (user_id, conn) in in_flight.routes_added {
+                self.remove_route(user_id, conn);
+            }
+            self.forget_cached_state();
         }
-        if self.members.len() > self.config.conversation_cache_max {
-            self.members.clear();
+        outcome.ok
+    }
+
+    /// Seals the cycle and hands it to the committer once the batch before it
+    /// is durable; refuses it whole if that batch failed.
+    fn hand_over(&mut self, mut cycle: Cycle, pipe: &Pipe) {
+        self.last_cycle = CycleSizes {
+            after_commit: cycle.after_commit.len(),
+            on_failure: cycle.on_failure.len(),
+            sends: cycle.sends.len(),
+        };
+        // Errors and reads wait neither for this batch nor for the one in
+        // flight (a connection only sends requests once the events that
+        // authenticated it were posted, so none can overtake those).
+        let immediate = std::mem::take(&mut cycle.immediate);
+        if !immediate.is_empty() {
+            self.sink.post(immediate);
+        }
+        let sealed = self.seal(&mut cycle);
+        let previous_ok = self.settle(pipe);
+        let failure = match sealed {
+            Err(e) => Some(e.to_string()),
+            Ok(()) if !previous_ok => Some("built on a failed batch".to_string()),
+            Ok(()) => None,
+        };
+        if let Some(why) = failure {
+            log::error!(
+                "batch not written ({why}): {} replies refused",
+                cycle.on_failure.len()
+            );
+            for (user_id, conn) in cycle.routes_added {
+                self.remove_route(user_id, conn);
+            }
+            self.forget_cached_state();
+            self.sink.post(refusals(cycle.on_failure));
+            return;
+        }
+        let commit = Commit {
+            batch: (!cycle.batch.is_empty()).then_some(cycle.batch),
+            after_commit: cycle.after_commit,
+            on_failure: cycle.on_failure,
+        };
+        if commit.batch.is_none() && commit.after_commit.is_empty() {
+            return;
+        }
+        if let Err(mpsc::SendError(commit)) = pipe.commits.send(commit) {
+            log::error!(
+                "the committer is gone: {} replies refused",
+                commit.on_failure.len()
+            );
+            self.sink.post(refusals(commit.on_failure));
+            return;
+        }
+        self.in_flight = Some(InFlight {
+            sends: cycle.sends,
+            usernames: cycle.usernames,
+            routes_added: cycle.routes_added,
+        });
+    }
+
+    fn new_cycle(&mut self, pipe: &Pipe) -> Cycle {
+        let cache_max = self.config.conversation_cache_max;
+        let over = |len: usize| len > cache_max;
+        if over(self.conversations.len()) || over(self.members.len()) {
+            // Refilled from the store: only safe with nothing in flight.
+            self.settle(pipe);
+            if over(self.conversations.len()) {
+                self.conversations.clear();
+                self.direct.clear();
+            }
+            if over(self.members.len()) {
+                self.members.clear();
+            }
         }
         Cycle {
             batch: self.store.batch(),
-            after_commit: Vec::new(),
-            on_failure: Vec::new(),
+            after_commit: Vec::with_capacity(self.last_cycle.after_commit),
+            on_failure: Vec::with_capacity(self.last_cycle.on_failure),
             immediate: Vec::new(),
             dirty_conversations: HashSet::new(),
             dirty_members: HashSet::new(),
-            sends: HashMap::new(),
+            sends: HashMap::with_capacity(self.last_cycle.sends),
             usernames: HashSet::new(),
             routes_added: Vec::new(),
             counters_dirty: false,
@@ -308,63 +496,22 @@ impl Writer {
         false
     }
 
-    fn commit(&mut self, mut cycle: Cycle) {
-        let mut write_error = None;
+    /// Adds the cycle's dirty records to its batch.
+    fn seal(&mut self, cycle: &mut Cycle) -> Result<(), StoreError> {
         for conversation_id in cycle.dirty_conversations.drain() {
             if let Some(record) = self.conversations.get(&conversation_id) {
-                if let Err(e) = cycle.batch.put_conversation(conversation_id, record) {
-                    write_error = Some(e);
-                }
+                cycle.batch.put_conversation(conversation_id, record)?;
             }
         }
         for (user_id, conversation_id) in cycle.dirty_members.drain() {
             if let Some(record) = self.members.get(&(user_id, conversation_id)) {
-                if let Err(e) = cycle.batch.put_member(user_id, conversation_id, record) {
-                    write_error = Some(e);
-                }
+                cycle.batch.put_member(user_id, conversation_id, record)?;
             }
         }
         if cycle.counters_dirty {
-            if let Err(e) = cycle.batch.put_counters(&self.counters) {
-                write_error = Some(e);
-            }
+            cycle.batch.put_counters(&self.counters)?;
         }
-        let outcome = match write_error {
-            Some(e) => Err(e),
-            None if cycle.batch.is_empty() => Ok(()),
-            None => self.store.commit(cycle.batch),
-        };
-        let mut events = cycle.immediate;
-        match outcome {
-            Ok(()) => events.append(&mut cycle.after_commit),
-            Err(e) => {
-                log::error!(
-                    "commit failed, {} replies refused: {e}",
-                    cycle.on_failure.len()
-                );
-                for (user_id, conn) in cycle.routes_added {
-                    self.remove_route(user_id, conn);
-                }
-                self.forget_cached_state();
-                for refused in cycle.on_failure {
-                    let frame = frames::error(
-                        refused.reply.request_id,
-                        StatusCode::StorageUnavailable,
-                        "store unavailable; nothing was written",
-                        false,
-                    );
-                    let conn = refused.reply.conn;
-                    events.push(if refused.unauthenticated {
-                        ShardEvent::Unauthenticated { conn, frame }
-                    } else {
-                        ShardEvent::Frame { conn, frame }
-                    });
-                }
-            }
-        }
-        if !events.is_empty() {
-            self.sink.post(events);
-        }
+        Ok(())
     }
 
     /// After a failed commit the caches may hold state the store does not:
@@ -395,7 +542,14 @@ impl Writer {
         username: String,
         password_hash: String,
     ) -> Result<(), Refusal> {
-        if cycle.usernames.contains(&username) || self.store.user_id_by_name(&username)?.is_some() {
+        let in_flight = self
+            .in_flight
+            .as_ref()
+            .is_some_and(|f| f.usernames.contains(&username));
+        if in_flight
+            || cycle.usernames.contains(&username)
+            || self.store.user_id_by_name(&username)?.is_some()
+        {
             return Err(Refusal(StatusCode::Conflict, "username taken"));
         }
         let user_id = self.counters.next_user_id;
@@ -674,12 +828,18 @@ impl Writer {
         send: Send,
     ) -> Result<(), Refusal> {
         let dedupe_key = (user_id, send.client_message_id);
-        if let Some(ack) = cycle.sends.get(&dedupe_key) {
-            // A retry inside the same batch: answer once the original is durable.
-            let frame = frames::encode(reply.request_id, &Body::SendAck(ack.clone()));
-            cycle.after_commit.push(ShardEvent::Frame {
+        let pending = cycle.sends.get(&dedupe_key).or_else(|| {
+            self.in_flight
+                .as_ref()
+                .and_then(|f| f.sends.get(&dedupe_key))
+        });
+        if let Some(ack) = pending {
+            // A retry of a send not yet durable (in this batch or the one in
+            // flight): answer once the original is, after this batch.
+            cycle.after_commit.push(ShardEvent::SendAck {
                 conn: reply.conn,
-                frame,
+                request_id: reply.request_id,
+                ack: ack.clone(),
             });
             Self::refuse_on_failure(cycle, reply);
             return Ok(());
@@ -692,10 +852,10 @@ impl Writer {
                 seq: record.seq,
                 server_time_ms: record.server_time_ms,
             };
-            let frame = frames::encode(reply.request_id, &Body::SendAck(ack));
-            cycle.immediate.push(ShardEvent::Frame {
+            cycle.immediate.push(ShardEvent::SendAck {
                 conn: reply.conn,
-                frame,
+                request_id: reply.request_id,
+                ack,
             });
             return Ok(());
         }
@@ -719,10 +879,8 @@ impl Writer {
         let server_time_ms = now_ms().max(record.last_time_ms);
         record.last_seq = seq;
         record.last_time_ms = server_time_ms;
-        let members = record.members.clone();
         self.counters.next_message_id += 1;
         cycle.counters_dirty = true;
-        cycle.dirty_conversations.insert(conversation_id);
 
         let message = Message {
             conversation_id,
@@ -738,7 +896,10 @@ impl Writer {
             log::error!("cannot encode a message: {e}");
             Refusal(StatusCode::Internal, "message could not be encoded")
         })?;
-        cycle.batch.put_message(conversation_id, seq, &wire)?;
+        let wire = Bytes::from(wire);
+        cycle
+            .batch
+            .put_message(conversation_id, seq, wire.clone())?;
         let dedupe = DedupeRecord {
             message_id,
             conversation_id,
@@ -756,17 +917,23 @@ impl Writer {
             server_time_ms,
         };
         cycle.sends.insert(dedupe_key, ack.clone());
-        cycle.after_commit.push(ShardEvent::Frame {
+        cycle.after_commit.push(ShardEvent::SendAck {
             conn: reply.conn,
-            frame: frames::encode(reply.request_id, &Body::SendAck(ack)),
+            request_id: reply.request_id,
+            ack,
         });
         Self::refuse_on_failure(cycle, reply);
 
-        // `Deliver { message }` encodes exactly as the stored message: frame
-        // the stored bytes once and share them with every recipient.
-        let deliver = frames::raw(0, Command::Deliver, &wire);
+        // `Deliver { message }` encodes exactly as the stored message: every
+        // recipient's shard frames the same shared bytes. Members borrowed,
+        // not cloned: this is the per-message path.
+        let members = self
+            .conversations
+            .get(&conversation_id)
+            .map(|c| c.members.as_slice())
+            .unwrap_or_default();
         for member in members {
-            let Some(devices) = self.online.get(&member) else {
+            let Some(devices) = self.online.get(member) else {
                 continue;
             };
             for device in devices.iter().filter(|d| d.conn != reply.conn) {
@@ -774,7 +941,7 @@ impl Writer {
                     conn: device.conn,
                     conversation_id,
                     seq,
-                    frame: deliver.clone(),
+                    message: wire.clone(),
                 });
             }
         }
@@ -895,5 +1062,317 @@ impl Writer {
             }
         }
         Ok(())
+    }
+}
+
+/// The writer's two ends of the pipeline to the committer.
+struct Pipe {
+    commits: SyncSender<Commit>,
+    committed: Receiver<Committed>,
+}
+
+/// The committer thread: writes each sealed batch, then posts its answers
+/// (or refusals, if the write failed) and reports back to the writer.
+fn commit_loop(
+    store: Store,
+    sink: Arc<dyn ShardSink>,
+    commits: Receiver<Commit>,
+    committed: mpsc::Sender<Committed>,
+) {
+    for commit in commits {
+        let started = Instant::now();
+        let outcome = match commit.batch {
+            Some(batch) => store.commit(batch),
+            None => Ok(()),
+        };
+        let took = started.elapsed();
+        let ok = match outcome {
+            Ok(()) => {
+                if !commit.after_commit.is_empty() {
+                    sink.post(commit.after_commit);
+                }
+                true
+            }
+            Err(e) => {
+                log::error!(
+                    "commit failed, {} replies refused: {e}",
+                    commit.on_failure.len()
+                );
+                sink.post(refusals(commit.on_failure));
+                false
+            }
+        };
+        if committed.send(Committed { ok, took }).is_err() {
+            return;
+        }
+    }
+}
+
+/// `storage_unavailable` for every request of a batch that was not written.
+fn refusals(refused: Vec<Refused>) -> Vec<ShardEvent> {
+    refused
+        .into_iter()
+        .map(|refused| {
+            let frame = frames::error(
+                refused.reply.request_id,
+                StatusCode::StorageUnavailable,
+                "store unavailable; nothing was written",
+                false,
+            );
+            let conn = refused.reply.conn;
+            if refused.unauthenticated {
+                ShardEvent::Unauthenticated { conn, frame }
+            } else {
+                ShardEvent::Frame { conn, frame }
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline's failure path, which needs a commit to fail on demand:
+    //! the store's test-only fault hook makes one commit fail after a delay,
+    //! long enough for the writer to build the next batch on top of it.
+
+    use std::sync::mpsc::{self, Receiver, Sender};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::protocol::frame;
+    use crate::store::Durability;
+
+    struct ChannelSink(Mutex<Sender<ShardEvent>>);
+
+    impl ShardSink for ChannelSink {
+        fn post(&self, events: Vec<ShardEvent>) {
+            if let Ok(sender) = self.0.lock() {
+                for event in events {
+                    let _ = sender.send(event);
+                }
+            }
+        }
+    }
+
+    fn reply(token: u64, request_id: u32) -> Reply {
+        Reply {
+            conn: ConnRef { shard: 0, token },
+            request_id,
+        }
+    }
+
+    fn body_of(frame: &[u8]) -> Body {
+        let (header, payload) = frame::split_plain_frame(frame).expect("a whole frame");
+        let command = Command::from_u16(header.command).expect("a known command");
+        Body::decode(command, payload).expect("a valid body")
+    }
+
+    /// What a connection was told: acks as they are, frames decoded.
+    #[derive(Debug, PartialEq)]
+    enum Told {
+        Ack(SendAck),
+        Body(Body),
+        Deliver(Seq),
+        Other,
+    }
+
+    fn next(events: &Receiver<ShardEvent>) -> (u64, Told) {
+        let event = events
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the writer answered");
+        let token = event.conn().map(|c| c.token).unwrap_or(0);
+        let told = match event {
+            ShardEvent::SendAck { ack, .. } => Told::Ack(ack),
+            ShardEvent::Deliver { seq, .. } => Told::Deliver(seq),
+            ShardEvent::Frame { frame, .. }
+            | ShardEvent::Authenticated { frame, .. }
+            | ShardEvent::Unauthenticated { frame, .. } => Told::Body(body_of(&frame)),
+            _ => Told::Other,
+        };
+        (token, told)
+    }
+
+    fn send(to: UserId, client_message_id: u64) -> Box<Send> {
+        Box::new(Send {
+            client_message_id,
+            to: Target::User(to),
+            content: Content::Text {
+                text: format!("message {client_message_id}"),
+            },
+            extras: Default::default(),
+        })
+    }
+
+    fn refused(told: &Told) -> bool {
+        matches!(told, Told::Body(Body::Error(e)) if e.code == StatusCode::StorageUnavailable as u16)
+    }
+
+    /// A writer over a temporary store with one request per batch (so that
+    /// each request below is its own batch), and two users online: alice on
+    /// connection 1, bob on connection 2.
+    struct Harness {
+        _dir: tempfile::TempDir,
+        store: Store,
+        events: Receiver<ShardEvent>,
+        requests: Sender<WriterRequest>,
+        thread: Option<std::thread::JoinHandle<()>>,
+        alice: UserId,
+        bob: UserId,
+    }
+
+    impl Harness {
+        fn start() -> Harness {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let store = Store::open(dir.path(), Durability::Buffered).expect("open");
+            let (events_tx, events) = mpsc::channel();
+            let sink = Arc::new(ChannelSink(Mutex::new(events_tx)));
+            let config = WriterConfig {
+                batch_requests_max: 1,
+                ..WriterConfig::default()
+            };
+            let writer = Writer::new(store.clone(), sink, config).expect("writer");
+            let (requests, requests_rx) = mpsc::channel();
+            let thread = std::thread::spawn(move || writer.run(requests_rx));
+            let mut ids = Vec::new();
+            for (token, name) in [(1, "alice"), (2, "bob")] {
+                requests
+                    .send(WriterRequest::Register {
+                        reply: reply(token, 1),
+                        username: name.into(),
+                        password_hash: "not checked here".into(),
+                    })
+                    .expect("writer");
+                let Told::Body(Body::Registered(r)) = next(&events).1 else {
+                    panic!("registered expected");
+                };
+                requests
+                    .send(WriterRequest::OpenSession {
+                        reply: reply(token, 2),
+                        user_id: r.user_id,
+                        device_id: "d".into(),
+                        token: [token as u8; 32],
+                    })
+                    .expect("writer");
+                assert!(matches!(next(&events).1, Told::Body(Body::LoggedIn(_))));
+                ids.push(r.user_id);
+            }
+            Harness {
+                _dir: dir,
+                store,
+                events,
+                requests,
+                thread: Some(thread),
+                alice: ids[0],
+                bob: ids[1],
+            }
+        }
+
+        fn script_commits(&self, steps: &[(u64, bool)]) {
+            self.store.commit_script.lock().expect("script").extend(
+                steps
+                    .iter()
+                    .map(|(ms, fail)| (Duration::from_millis(*ms), *fail)),
+            );
+        }
+
+        fn send_as_alice(&self, request_id: u32, client_id: u64) {
+            self.requests
+                .send(WriterRequest::Send {
+                    reply: reply(1, request_id),
+                    user_id: self.alice,
+                    send: send(self.bob, client_id),
+                })
+                .expect("writer");
+        }
+
+        fn next(&self) -> (u64, Told) {
+            next(&self.events)
+        }
+
+        /// An ack to alice and a push to bob, in either order.
+        fn acked_and_delivered(&self) -> SendAck {
+            let mut told: Vec<(u64, Told)> = (0..2).map(|_| self.next()).collect();
+            told.sort_by_key(|(token, _)| *token);
+            let (1, Told::Ack(ack)) = &told[0] else {
+                panic!("an ack to alice expected, got {told:?}");
+            };
+            assert_eq!(told[1], (2, Told::Deliver(ack.seq)));
+            ack.clone()
+        }
+
+        fn stored_seqs(&self, conversation_id: ConversationId) -> Vec<Seq> {
+            let mut stored = Vec::new();
+            self.store
+                .scan_messages(conversation_id, 1, 100, |seq, _| {
+                    stored.push(seq);
+                    true
+                })
+                .expect("scan");
+            stored
+        }
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            let _ = self.requests.send(WriterRequest::Shutdown);
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_commit_refuses_its_batch_and_every_batch_built_on_it() {
+        let h = Harness::start();
+        // Send 100 commits slowly, so that 101 and 102 queue behind it; 101
+        // is then written and fails after a while, and 102, applied while
+        // 101 was in flight (on the seq 101 took), must be refused with it.
+        h.script_commits(&[(300, false), (300, true)]);
+        h.send_as_alice(10, 100);
+        h.send_as_alice(11, 101);
+        h.send_as_alice(12, 102);
+        let first = h.acked_and_delivered();
+        assert_eq!((first.seq, first.client_message_id), (1, 100));
+        for _ in 0..2 {
+            let (token, answer) = h.next();
+            assert_eq!(token, 1, "nothing may reach bob: {answer:?}");
+            assert!(refused(&answer), "a refusal expected, got {answer:?}");
+        }
+
+        // Nothing of either batch was written: seqs continue at 2, and the
+        // refused client ids are new again (a retry is not a duplicate).
+        h.send_as_alice(13, 101);
+        let second = h.acked_and_delivered();
+        assert_eq!((second.seq, second.client_message_id), (2, 101));
+        assert!(second.message_id > first.message_id);
+        h.send_as_alice(14, 102);
+        assert_eq!(h.acked_and_delivered().seq, 3);
+        // A retry of a durable send is answered from the store.
+        h.send_as_alice(15, 100);
+        assert_eq!(h.next(), (1, Told::Ack(first.clone())));
+        assert_eq!(h.stored_seqs(first.conversation_id), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_retry_of_a_send_in_flight_gets_the_same_ack_once_it_lands() {
+        let h = Harness::start();
+        // 100 commits slowly; 101 queues behind it and is written slowly
+        // too, while its retry is applied (answered from memory: the store
+        // does not have 101 yet).
+        h.script_commits(&[(200, false), (300, false)]);
+        h.send_as_alice(10, 100);
+        h.send_as_alice(11, 101);
+        h.send_as_alice(12, 101);
+        assert_eq!(h.acked_and_delivered().seq, 1);
+        let original = h.acked_and_delivered();
+        assert_eq!((original.seq, original.client_message_id), (2, 101));
+        let (token, Told::Ack(retry)) = h.next() else {
+            panic!("an ack for the retry expected");
+        };
+        assert_eq!((token, retry), (1, original.clone()));
+        // Stored once, delivered once.
+        assert_eq!(h.stored_seqs(original.conversation_id), vec![1, 2]);
+        assert!(h.events.recv_timeout(Duration::from_millis(200)).is_err());
     }
 }

@@ -41,6 +41,7 @@ pub struct SyncState {
     /// Where the sync has reached, per conversation.
     pub cursors: HashMap<ConversationId, Seq>,
     /// Pushes that arrived meanwhile, released after `sync_end`.
+    /// Pushes held during the sync: (conversation, seq, deliver payload).
     pub held: Vec<(ConversationId, Seq, Bytes)>,
     /// Too many pushes to hold: they were dropped and the sync will continue
     /// from storage instead.

@@ -24,11 +24,16 @@ pub struct SessionRecord {
 pub struct ConversationRecord {
     pub kind: ConversationRecordKind,
     pub members: Vec<UserId>,
-    /// Seq of the newest message; 0 while empty. Written in the same batch as
-    /// the message, so it is never ahead of or behind the log.
+    /// Seq of the newest message; 0 while empty. Not stored: `Store::
+    /// conversation` reads it from the log's tail, so the record is written
+    /// once at creation instead of with every message, and can never
+    /// disagree with the log.
+    #[serde(skip)]
     pub last_seq: Seq,
-    /// Server time of the newest message. Times within a conversation never
-    /// decrease, which lets history find a time by binary search over seqs.
+    /// Server time of the newest message, read from the log like `last_seq`.
+    /// Times within a conversation never decrease, which lets history find a
+    /// time by binary search over seqs.
+    #[serde(skip)]
     pub last_time_ms: u64,
     pub created_ms: u64,
 }

@@ -83,8 +83,9 @@ pub const SCRATCH_BYTES: usize = 64 * 1024;
 /// Initial size of a connection's output buffer, lent from the shard's pool
 /// while the connection has output and taken back once it drains.
 pub const OUT_BUFFER_BYTES: usize = 8 * 1024;
-/// Drained output buffers a shard keeps for reuse (at most 4 MiB per shard).
-pub const OUT_BUFFER_POOL_MAX: usize = 512;
+/// Drained output buffers a shard keeps for reuse (at most 512 KiB per shard:
+/// a fixed cost, not one per connection).
+pub const OUT_BUFFER_POOL_MAX: usize = 64;
 /// Connections accepted per turn before the loop serves the others.
 pub const ACCEPTS_PER_TURN: usize = 512;
 /// Readiness events taken from the kernel per poll.

@@ -774,7 +774,7 @@ impl Worker {
                     continue;
                 }
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    self.read_ready(i);
+                    self.read_ready(i, event.is_read_closed() || event.is_error());
                 }
                 if event.is_writable() && !self.conns[i].out.is_empty() {
                     self.mark_dirty(i);
@@ -1050,7 +1050,9 @@ impl Worker {
     // ------------------------------------------------------------ reading
 
     /// Reads until `WouldBlock`, handling every whole frame.
-    fn read_ready(&mut self, i: usize) {
+    /// Reads what the socket has; `until_eof` when the server closed its
+    /// side (or the socket errored).
+    fn read_ready(&mut self, i: usize, until_eof: bool) {
         let mut scratch = std::mem::take(&mut self.scratch);
         while let Some(stream) = self.conns[i].stream.as_mut() {
             let n = match stream.read(&mut scratch) {
@@ -1086,6 +1088,12 @@ impl Worker {
                     buf.drain(..used);
                     conn.pending_in = buf;
                 }
+            }
+            if n < scratch.len() && !until_eof {
+                // Drained: skip the read that would only say WouldBlock
+                // (epoll is edge-triggered and signals every arrival; see
+                // the server's shard for the same reasoning).
+                break;
             }
         }
         self.scratch = scratch;

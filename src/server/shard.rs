@@ -279,7 +279,8 @@ impl Shard {
                     Token(token) => {
                         let token = token as u64;
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.guarded(token, |shard| shard.read_ready(token));
+                            let until_eof = event.is_read_closed() || event.is_error();
+                            self.guarded(token, |shard| shard.read_ready(token, until_eof));
                         }
                         if event.is_writable() {
                             self.guarded(token, |shard| shard.flush(token));
@@ -291,7 +292,7 @@ impl Shard {
                 self.accept();
             }
             for token in std::mem::take(&mut self.still_readable) {
-                self.guarded(token, |shard| shard.read_ready(token));
+                self.guarded(token, |shard| shard.read_ready(token, false));
             }
             self.inbox.take_adopted(&mut adopted);
             for (socket, peer) in adopted.drain(..) {
@@ -518,13 +519,15 @@ impl Shard {
 
     // ------------------------------------------------------------ reading
 
-    fn read_ready(&mut self, token: u64) {
+    /// Reads what the socket has. `until_eof` when the peer closed its side
+    /// (or the socket errored): then only end-of-file or an error stops it.
+    fn read_ready(&mut self, token: u64, until_eof: bool) {
         let mut scratch = std::mem::take(&mut self.scratch);
-        self.read_into(token, &mut scratch);
+        self.read_into(token, &mut scratch, until_eof);
         self.scratch = scratch;
     }
 
-    fn read_into(&mut self, token: u64, scratch: &mut [u8]) {
+    fn read_into(&mut self, token: u64, scratch: &mut [u8], until_eof: bool) {
         for _ in 0..limits::READS_PER_TURN {
             let Some(connection) = self.connection(token) else {
                 return;
@@ -546,6 +549,15 @@ impl Shard {
                 }
             };
             self.consume(token, &mut scratch[..read]);
+            if read < scratch.len() && !until_eof {
+                // A short read drained the socket: skip the read that would
+                // only say WouldBlock (half the read syscalls when clients
+                // send a frame at a time). Epoll is edge-triggered and Linux
+                // signals every arrival of data, so nothing is missed; a
+                // close arriving with the data came in this same event,
+                // flagged read-closed, and is read to the end above.
+                return;
+            }
         }
         self.still_readable.push(token);
     }

@@ -3,10 +3,6 @@
 use gust::server::config::{Config, Flags};
 use gust::server::{logging, Server};
 
-/// See Cargo.toml: cross-thread frees without glibc's arena locks.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let flags: Flags = argh::from_env();
     if flags.version {

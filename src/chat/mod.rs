@@ -40,9 +40,11 @@ pub struct Reply {
     pub request_id: u32,
 }
 
-/// Work for a shard, produced by the writer, the readers and the hashers.
-/// Frames are encoded once, in plaintext, with their request id; the shard
-/// reseals them when the connection uses a payload cipher.
+/// Work for a shard, produced by the writer, its committer, the readers and
+/// the hashers. `frame`s are encoded once, in plaintext, with their request
+/// id, and resealed by the shard when the connection uses a payload cipher;
+/// the two per-message events (`SendAck`, `Deliver`) carry data instead, and
+/// the shard encodes them straight into the connection's buffer.
 #[derive(Debug)]
 pub enum ShardEvent {
     /// A response or error: always written.

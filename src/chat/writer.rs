@@ -1375,4 +1375,31 @@ mod tests {
         assert_eq!(h.stored_seqs(original.conversation_id), vec![1, 2]);
         assert!(h.events.recv_timeout(Duration::from_millis(200)).is_err());
     }
+
+    #[test]
+    fn a_username_claimed_by_the_batch_in_flight_is_taken() {
+        let h = Harness::start();
+        // The first register commits slowly; the second, applied meanwhile,
+        // must not miss the name in the store.
+        h.script_commits(&[(300, false)]);
+        for token in [3, 4] {
+            h.requests
+                .send(WriterRequest::Register {
+                    reply: reply(token, 1),
+                    username: "carol".into(),
+                    password_hash: "not checked here".into(),
+                })
+                .expect("writer");
+        }
+        let mut told: Vec<(u64, Told)> = (0..2).map(|_| h.next()).collect();
+        told.sort_by_key(|(token, _)| *token);
+        assert!(
+            matches!(told[0], (3, Told::Body(Body::Registered(_)))),
+            "{told:?}"
+        );
+        assert!(
+            matches!(&told[1], (4, Told::Body(Body::Error(e))) if e.code == StatusCode::Conflict as u16),
+            "{told:?}"
+        );
+    }
 }

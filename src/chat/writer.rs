@@ -131,8 +131,9 @@ struct CycleStats {
     apply: Duration,
     /// Waiting for the committer before the next batch could be handed over.
     wait: Duration,
-    /// The committer's writes.
+    /// The committer's writes, and the slowest of them.
     commit: Duration,
+    commit_max: Duration,
 }
 
 impl CycleStats {
@@ -146,17 +147,19 @@ impl CycleStats {
     fn committed(&mut self, wait: Duration, commit: Duration) {
         self.wait += wait;
         self.commit += commit;
+        self.commit_max = self.commit_max.max(commit);
         let Some(since) = self.since else { return };
         if since.elapsed() >= Duration::from_secs(5) && self.cycles > 0 {
             let per_cycle = |d: Duration| d.as_micros() as f64 / self.cycles as f64;
             log::debug!(
                 "writer: {} cycles, {:.0} requests per cycle; per cycle {:.0} us applying, \
-                 {:.0} us waiting for the committer, {:.0} us committing",
+                 {:.0} us waiting for the committer, {:.0} us committing (slowest {} us)",
                 self.cycles,
                 self.requests as f64 / self.cycles as f64,
                 per_cycle(self.apply),
                 per_cycle(self.wait),
                 per_cycle(self.commit),
+                self.commit_max.as_micros(),
             );
             *self = CycleStats::default();
         }

@@ -362,7 +362,9 @@ impl Reader {
             if conversation_id <= list.after_conversation_id {
                 continue;
             }
-            let Some(record) = self.store.conversation(conversation_id)? else {
+            let Some((record, last_message)) =
+                self.store.conversation_with_newest(conversation_id)?
+            else {
                 continue;
             };
             if member
@@ -385,13 +387,6 @@ impl Reader {
                         .unwrap_or(user_id),
                 },
                 ConversationRecordKind::Group { .. } => ConversationKind::Group,
-            };
-            let last_message = match record.last_seq {
-                0 => None,
-                seq => match self.store.message(conversation_id, seq)? {
-                    Some(bytes) => body_codec::decode::<Message>(&bytes).ok(),
-                    None => None,
-                },
             };
             conversations.push(ConversationSummary {
                 conversation_id,

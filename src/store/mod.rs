@@ -228,6 +228,16 @@ impl Store {
         &self,
         conversation_id: ConversationId,
     ) -> StoreResult<Option<ConversationRecord>> {
+        Ok(self
+            .conversation_with_newest(conversation_id)?
+            .map(|(record, _)| record))
+    }
+
+    /// Like `conversation`, with the newest message itself (for previews).
+    pub fn conversation_with_newest(
+        &self,
+        conversation_id: ConversationId,
+    ) -> StoreResult<Option<(ConversationRecord, Option<Message>)>> {
         let Some(mut record): Option<ConversationRecord> =
             self.read(CF_CONVERSATIONS, &keys::conversation(conversation_id))?
         else {
@@ -238,11 +248,16 @@ impl Store {
             newest = Some((seq, decode::<Message>(CF_MESSAGES, bytes)));
             false
         })?;
-        if let Some((seq, message)) = newest {
-            record.last_seq = seq;
-            record.last_time_ms = message?.server_time_ms;
-        }
-        Ok(Some(record))
+        let newest = match newest {
+            Some((seq, message)) => {
+                let message = message?;
+                record.last_seq = seq;
+                record.last_time_ms = message.server_time_ms;
+                Some(message)
+            }
+            None => None,
+        };
+        Ok(Some((record, newest)))
     }
 
     pub fn direct_conversation(

@@ -1176,20 +1176,15 @@ impl Shard {
 
     /// Gives a connection with no output buffer one from the pool.
     fn lend_out_buffer(&mut self, token: u64) {
-        let pool = &mut self.out_pool;
-        let (index, generation) = split_token(token);
-        let Some(slot) = self.slots.get_mut(index as usize) else {
-            return;
-        };
-        if slot.generation != generation {
+        if self.connection(token).is_none_or(|c| c.out.capacity() != 0) {
             return;
         }
-        if let Some(connection) = slot.connection.as_mut() {
-            if connection.out.capacity() == 0 {
-                connection.out = pool
-                    .pop()
-                    .unwrap_or_else(|| BytesMut::with_capacity(limits::OUT_BUFFER_BYTES));
-            }
+        let buffer = self
+            .out_pool
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(limits::OUT_BUFFER_BYTES));
+        if let Some(connection) = self.connection(token) {
+            connection.out = buffer;
         }
     }
 

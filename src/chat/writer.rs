@@ -182,7 +182,12 @@ pub struct Writer {
     /// load consecutive cycles are alike, and regrowing them was measurable.
     last_cycle: CycleSizes,
     stats: CycleStats,
+    /// The requests of the cycle being applied (kept for its capacity).
+    drained: Vec<WriterRequest>,
 }
+
+/// A send's stored dedupe entry, looked up before the cycle is applied.
+type DedupeLookup = Result<Option<DedupeRecord>, StoreError>;
 
 /// Why a request failed, as the client will see it.
 struct Refusal(StatusCode, &'static str);
@@ -220,6 +225,7 @@ impl Writer {
             in_flight: None,
             last_cycle: CycleSizes::default(),
             stats: CycleStats::default(),
+            drained: Vec::new(),
         })
     }
 
@@ -268,24 +274,57 @@ impl Writer {
                 }
             };
             let started = Instant::now();
-            let mut cycle = self.new_cycle(pipe);
-            let mut shutdown = self.apply(first, &mut cycle);
-            let mut applied = 1;
-            while !shutdown && applied < self.config.batch_requests_max {
+            let mut drained = std::mem::take(&mut self.drained);
+            drained.push(first);
+            while drained.len() < self.config.batch_requests_max {
                 match requests.try_recv() {
-                    Ok(request) => {
-                        shutdown = self.apply(request, &mut cycle);
-                        applied += 1;
-                    }
+                    Ok(request) => drained.push(request),
                     Err(_) => break,
                 }
             }
+            let applied = drained.len();
+            let mut cycle = self.new_cycle(pipe);
+            let mut lookups = self.dedupe_lookups(&drained).into_iter();
+            let mut shutdown = false;
+            for request in drained.drain(..) {
+                let lookup = match request {
+                    WriterRequest::Send { .. } => lookups.next(),
+                    _ => None,
+                };
+                if self.apply(request, lookup, &mut cycle) {
+                    // Requests after a shutdown are dropped with the channel.
+                    shutdown = true;
+                    break;
+                }
+            }
+            drained.clear();
+            self.drained = drained;
             self.stats.record(applied, started.elapsed());
             self.hand_over(cycle, pipe);
             if shutdown {
                 return;
             }
         }
+    }
+
+    /// The stored dedupe entry of every send among `requests`, in order, in
+    /// one batched read. Answers are sound for the whole cycle: the batch in
+    /// flight is not in the store yet, and `send` checks it (and this cycle)
+    /// in memory before it trusts a lookup.
+    fn dedupe_lookups(&self, requests: &[WriterRequest]) -> Vec<DedupeLookup> {
+        let pairs: Vec<(UserId, u64)> = requests
+            .iter()
+            .filter_map(|request| match request {
+                WriterRequest::Send { user_id, send, .. } => {
+                    Some((*user_id, send.client_message_id))
+                }
+                _ => None,
+            })
+            .collect();
+        if pairs.is_empty() {
+            return Vec::new();
+        }
+        self.store.dedupe_many(&pairs)
     }
 
     /// Waits for the batch in flight, if any, and deals with its outcome.
@@ -395,8 +434,14 @@ impl Writer {
         }
     }
 
-    /// Applies one request to the cycle. Returns true on shutdown.
-    fn apply(&mut self, request: WriterRequest, cycle: &mut Cycle) -> bool {
+    /// Applies one request to the cycle; a send comes with its stored dedupe
+    /// entry, read beforehand for the whole cycle. Returns true on shutdown.
+    fn apply(
+        &mut self,
+        request: WriterRequest,
+        lookup: Option<DedupeLookup>,
+        cycle: &mut Cycle,
+    ) -> bool {
         // Authentication requests leave the connection unauthenticated on failure.
         let authenticating = matches!(
             request,
@@ -434,7 +479,7 @@ impl Writer {
                 reply,
                 user_id,
                 send,
-            } => (reply, self.send(cycle, reply, user_id, *send)),
+            } => (reply, self.send(cycle, reply, user_id, *send, lookup)),
             WriterRequest::DeliveryAck {
                 reply,
                 user_id,
@@ -829,6 +874,7 @@ impl Writer {
         reply: Reply,
         user_id: UserId,
         send: Send,
+        lookup: Option<DedupeLookup>,
     ) -> Result<(), Refusal> {
         let dedupe_key = (user_id, send.client_message_id);
         let pending = cycle.sends.get(&dedupe_key).or_else(|| {
@@ -847,7 +893,11 @@ impl Writer {
             Self::refuse_on_failure(cycle, reply);
             return Ok(());
         }
-        if let Some(record) = self.store.dedupe(user_id, send.client_message_id)? {
+        let stored = match lookup {
+            Some(lookup) => lookup?,
+            None => self.store.dedupe(user_id, send.client_message_id)?,
+        };
+        if let Some(record) = stored {
             let ack = SendAck {
                 client_message_id: send.client_message_id,
                 message_id: record.message_id,

@@ -129,6 +129,12 @@ fn family_index(family: &'static str) -> StoreResult<u8> {
         .ok_or(StoreError::MissingFamily(family))
 }
 
+/// RocksDB's write batch starts with a 12-byte header (sequence, count).
+const WRITE_BATCH_HEADER: usize = 12;
+/// Per put in a RocksDB write batch: a tag byte, a column family varint and
+/// two length varints; 12 bytes covers them with room to spare.
+const BATCH_OP_OVERHEAD: usize = 12;
+
 /// `BatchOp::family` of RocksDB's default family (the counters).
 const DEFAULT_FAMILY: u8 = FAMILIES.len() as u8;
 
@@ -316,6 +322,38 @@ impl Store {
         self.read(CF_DEDUPE, &keys::dedupe(user_id, client_message_id))
     }
 
+    /// `dedupe` for many (sender, client message id) pairs in one batched
+    /// RocksDB MultiGet, answers in the order asked. The writer looks up
+    /// every send of a cycle at once: one pass over the memtables and each
+    /// file's filter for the whole set (with prefetching) instead of one
+    /// point lookup per send, which was a third of the writer's CPU.
+    pub fn dedupe_many(&self, pairs: &[(UserId, u64)]) -> Vec<StoreResult<Option<DedupeRecord>>> {
+        if pairs.is_empty() {
+            return Vec::new();
+        }
+        let cf = match self.family(CF_DEDUPE) {
+            Ok(cf) => cf,
+            Err(_) => {
+                return pairs
+                    .iter()
+                    .map(|_| Err(StoreError::MissingFamily(CF_DEDUPE)))
+                    .collect()
+            }
+        };
+        let keys: Vec<[u8; 16]> = pairs
+            .iter()
+            .map(|(user_id, client_message_id)| keys::dedupe(*user_id, *client_message_id))
+            .collect();
+        self.db
+            .batched_multi_get_cf(cf, &keys, false)
+            .into_iter()
+            .map(|found| match found? {
+                None => Ok(None),
+                Some(bytes) => decode(CF_DEDUPE, &bytes).map(Some),
+            })
+            .collect()
+    }
+
     /// Raw wire-encoded messages with `from <= seq <= to`, ascending, at most
     /// `limit`; `visit` gets each (seq, bytes) and returns false to stop early.
     pub fn scan_messages(
@@ -426,7 +464,14 @@ impl Store {
         batch.ops.sort_by(|a, b| {
             (a.family, &keys[a.key.clone()]).cmp(&(b.family, &keys[b.key.clone()]))
         });
-        let mut inner = WriteBatch::default();
+        // Sized up front: growing RocksDB's batch buffer by doubling copied
+        // it over and over (memmove was the committer's largest cost).
+        let bytes: usize = batch
+            .ops
+            .iter()
+            .map(|op| op.key.len() + op.value.as_ref().map_or(0, |v| v.len()) + BATCH_OP_OVERHEAD)
+            .sum();
+        let mut inner = WriteBatch::with_capacity_bytes(WRITE_BATCH_HEADER + bytes);
         for op in &batch.ops {
             let key = &keys[op.key.clone()];
             match (families.get(usize::from(op.family)), &op.value) {
@@ -678,6 +723,49 @@ mod tests {
             .iter()
             .all(|(conversation, record)| record.delivered_seq == *conversation));
         assert!(!memberships.is_empty());
+    }
+
+    /// The batched lookup answers in the order asked, hits and misses
+    /// alike, from the memtable and (after a reopen) from table files, and
+    /// agrees with the one-key lookup.
+    #[test]
+    fn dedupe_many_answers_in_order() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(dir.path(), Durability::Buffered).expect("open");
+        let record = |n: u64| DedupeRecord {
+            message_id: 1000 + n,
+            conversation_id: n % 7,
+            seq: n,
+            server_time_ms: 5 * n,
+        };
+        let mut batch = store.batch();
+        for n in (0..200u64).step_by(2) {
+            batch.put_dedupe(n % 5 + 1, n, &record(n)).expect("put");
+        }
+        store.commit(batch).expect("commit");
+        for reopen in [false, true] {
+            if reopen {
+                store.flush().expect("flush");
+                drop(store);
+                store = Store::open(dir.path(), Durability::Buffered).expect("reopen");
+            }
+            // Asked out of key order, with repeats and misses between hits.
+            let pairs: Vec<(UserId, u64)> = (0..200u64)
+                .rev()
+                .chain([4, 4, 5])
+                .map(|n| (n % 5 + 1, n))
+                .chain([(9, 2)])
+                .collect();
+            let answers = store.dedupe_many(&pairs);
+            assert_eq!(answers.len(), pairs.len());
+            for ((user_id, n), answer) in pairs.iter().zip(answers) {
+                let found = answer.expect("lookup");
+                let expected = (*user_id == n % 5 + 1 && n % 2 == 0).then(|| record(*n));
+                assert_eq!(found, expected, "pair ({user_id}, {n})");
+                assert_eq!(store.dedupe(*user_id, *n).expect("one lookup"), expected);
+            }
+        }
+        assert!(store.dedupe_many(&[]).is_empty());
     }
 
     #[test]

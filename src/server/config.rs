@@ -99,6 +99,11 @@ pub struct Flags {
     #[argh(option, default = "4096")]
     pub batch_requests_max: usize,
 
+    /// bytes of RocksDB write-ahead log kept before the oldest is flushed
+    /// away: bounds the replay after a crash (default 536870912)
+    #[argh(option, default = "limits::WAL_BYTES_MAX_DEFAULT")]
+    pub wal_bytes_max: u64,
+
     /// print the version and exit
     #[argh(switch)]
     pub version: bool,
@@ -126,6 +131,7 @@ pub struct Config {
     pub shards: usize,
     pub accept_mode: AcceptMode,
     pub durability: Durability,
+    pub wal_bytes_max: u64,
     pub log_level: log::LevelFilter,
     pub psk: Option<[u8; PSK_LEN]>,
     pub max_connections: usize,
@@ -211,6 +217,12 @@ impl Config {
         if flags.readers == 0 || flags.batch_requests_max == 0 {
             return Err("--readers and --batch-requests-max must be at least 1".into());
         }
+        if flags.wal_bytes_max < limits::WAL_BYTES_MAX_FLOOR {
+            return Err(format!(
+                "--wal-bytes-max must be at least {}",
+                limits::WAL_BYTES_MAX_FLOOR
+            ));
+        }
         let hashers = flags.hashers.unwrap_or_else(cores).max(1);
         Ok(Config {
             listen: flags.listen,
@@ -218,6 +230,7 @@ impl Config {
             shards,
             accept_mode,
             durability,
+            wal_bytes_max: flags.wal_bytes_max,
             log_level,
             psk,
             max_connections: flags.max_connections,
@@ -267,4 +280,26 @@ fn read_psk(path: &std::path::Path) -> Result<[u8; PSK_LEN], String> {
         "{} must hold 32 raw bytes or 64 hex digits",
         path.display()
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(args: &[&str]) -> Result<Config, String> {
+        let flags = Flags::from_args(&["gustd"], args).map_err(|e| e.output)?;
+        Config::from_flags(flags)
+    }
+
+    #[test]
+    fn write_ahead_log_bound_defaults_and_floor() {
+        let default = config(&[]).expect("defaults are valid");
+        assert_eq!(default.wal_bytes_max, limits::WAL_BYTES_MAX_DEFAULT);
+        let floor = limits::WAL_BYTES_MAX_FLOOR.to_string();
+        let set = config(&["--wal-bytes-max", &floor]).expect("the floor is valid");
+        assert_eq!(set.wal_bytes_max, limits::WAL_BYTES_MAX_FLOOR);
+        let below = (limits::WAL_BYTES_MAX_FLOOR - 1).to_string();
+        let error = config(&["--wal-bytes-max", &below]).expect_err("below the floor");
+        assert!(error.contains("--wal-bytes-max"), "{error}");
+    }
 }

@@ -32,6 +32,7 @@ use rocksdb::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::limits;
 use crate::protocol::body_codec;
 use crate::protocol::{ConversationId, Message, Seq, UserId};
 use records::*;
@@ -138,8 +139,34 @@ const BATCH_OP_OVERHEAD: usize = 12;
 /// `BatchOp::family` of RocksDB's default family (the counters).
 const DEFAULT_FAMILY: u8 = FAMILIES.len() as u8;
 
+/// How the store is opened: `gustd`'s flags set both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    pub durability: Durability,
+    /// Bytes of write-ahead log kept before RocksDB flushes the families
+    /// that pin the oldest log file (`max_total_wal_size`). It bounds the
+    /// replay after a crash and the disk the log takes; see
+    /// [`limits::WAL_BYTES_MAX_DEFAULT`].
+    pub wal_bytes_max: u64,
+}
+
 impl Store {
+    /// Opens with the default log bound.
     pub fn open(path: &Path, durability: Durability) -> StoreResult<Store> {
+        Store::open_with(
+            path,
+            StoreConfig {
+                durability,
+                wal_bytes_max: limits::WAL_BYTES_MAX_DEFAULT,
+            },
+        )
+    }
+
+    pub fn open_with(path: &Path, config: StoreConfig) -> StoreResult<Store> {
+        let StoreConfig {
+            durability,
+            wal_bytes_max,
+        } = config;
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -147,6 +174,7 @@ impl Store {
         // run beside it.
         options.increase_parallelism(2);
         options.set_max_background_jobs(2);
+        options.set_max_total_wal_size(wal_bytes_max);
         let families = FAMILIES.iter().map(|name| {
             let mut family = Options::default();
             let mut table = BlockBasedOptions::default();
@@ -639,6 +667,69 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    /// Bytes of write-ahead log files (`NNNNNN.log`) in a store directory.
+    fn wal_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .expect("read dir")
+            .filter_map(|entry| entry.ok())
+            .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "log"))
+            .filter_map(|entry| entry.metadata().ok())
+            .map(|metadata| metadata.len())
+            .sum()
+    }
+
+    /// Writes 48 MiB of messages after one member record (a family written
+    /// once, which pins the oldest log file) and returns the log bytes left
+    /// once background flushes settle.
+    fn wal_bytes_after_48_mib(wal_bytes_max: u64) -> u64 {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = StoreConfig {
+            durability: Durability::Buffered,
+            wal_bytes_max,
+        };
+        let store = Store::open_with(dir.path(), config).expect("open");
+        let mut batch = store.batch();
+        batch
+            .put_member(1, 1, &MemberRecord::default())
+            .expect("put member");
+        store.commit(batch).expect("commit");
+        let value = Bytes::from(vec![7u8; 4096]);
+        for round in 0..192u64 {
+            let mut batch = store.batch();
+            for i in 0..64u64 {
+                batch
+                    .put_message(1, round * 64 + i + 1, value.clone())
+                    .expect("put");
+            }
+            store.commit(batch).expect("commit");
+        }
+        // Forced flushes run in the background; the log they free is
+        // deleted when they finish.
+        let mut bytes = wal_bytes(dir.path());
+        for _ in 0..100 {
+            if bytes <= 2 * wal_bytes_max {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            bytes = wal_bytes(dir.path());
+        }
+        bytes
+    }
+
+    #[test]
+    fn write_ahead_log_stays_within_its_bound() {
+        let bounded = wal_bytes_after_48_mib(limits::WAL_BYTES_MAX_FLOOR);
+        assert!(
+            bounded <= 2 * limits::WAL_BYTES_MAX_FLOOR,
+            "{bounded} bytes of log with a {} byte bound",
+            limits::WAL_BYTES_MAX_FLOOR
+        );
+        // The same writes under the default bound keep all of it: the
+        // bound above is what deleted the logs.
+        let default = wal_bytes_after_48_mib(limits::WAL_BYTES_MAX_DEFAULT);
+        assert!(default >= 48 * 1024 * 1024, "{default} bytes of log");
+    }
 
     /// Random batches of messages, member records and sessions, checked
     /// against a `BTreeMap` model, with the store closed and reopened along

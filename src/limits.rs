@@ -56,7 +56,7 @@ pub const GROUP_MEMBERS_MAX: usize = 10_000;
 /// Write-ahead log kept before a forced flush (512 MiB). Without a bound
 /// RocksDB keeps four times every family's memtable budget (nine families
 /// of two 64 MiB memtables: 4.6 GB): families written rarely (users,
-/// sessions, the counters) pin the oldest log file, so no log is ever
+/// usernames, sessions, conversations) pin the oldest log file, so no log is ever
 /// deleted until then, and a restart after a crash replays all of it
 /// (measured: 655 MB replayed in 2.1 s on this project's disk). At 512 MiB a
 /// replay takes under 2 s here; the forced flushes it adds are of small

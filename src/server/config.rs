@@ -15,7 +15,7 @@ use crate::chat::reader::ReaderConfig;
 use crate::chat::writer::WriterConfig;
 use crate::limits;
 use crate::protocol::cipher::PSK_LEN;
-use crate::store::Durability;
+use crate::store::{Durability, StoreConfig};
 
 /// gustd: the gust instant-messaging server.
 #[derive(FromArgs, Debug)]
@@ -130,8 +130,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub shards: usize,
     pub accept_mode: AcceptMode,
-    pub durability: Durability,
-    pub wal_bytes_max: u64,
+    pub store: StoreConfig,
     pub log_level: log::LevelFilter,
     pub psk: Option<[u8; PSK_LEN]>,
     pub max_connections: usize,
@@ -229,8 +228,10 @@ impl Config {
             data_dir: flags.data_dir,
             shards,
             accept_mode,
-            durability,
-            wal_bytes_max: flags.wal_bytes_max,
+            store: StoreConfig {
+                durability,
+                wal_bytes_max: flags.wal_bytes_max,
+            },
             log_level,
             psk,
             max_connections: flags.max_connections,
@@ -294,10 +295,10 @@ mod tests {
     #[test]
     fn write_ahead_log_bound_defaults_and_floor() {
         let default = config(&[]).expect("defaults are valid");
-        assert_eq!(default.wal_bytes_max, limits::WAL_BYTES_MAX_DEFAULT);
+        assert_eq!(default.store.wal_bytes_max, limits::WAL_BYTES_MAX_DEFAULT);
         let floor = limits::WAL_BYTES_MAX_FLOOR.to_string();
         let set = config(&["--wal-bytes-max", &floor]).expect("the floor is valid");
-        assert_eq!(set.wal_bytes_max, limits::WAL_BYTES_MAX_FLOOR);
+        assert_eq!(set.store.wal_bytes_max, limits::WAL_BYTES_MAX_FLOOR);
         let below = (limits::WAL_BYTES_MAX_FLOOR - 1).to_string();
         let error = config(&["--wal-bytes-max", &below]).expect_err("below the floor");
         assert!(error.contains("--wal-bytes-max"), "{error}");

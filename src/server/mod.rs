@@ -25,7 +25,7 @@ use crate::chat::accounts::Accounts;
 use crate::chat::reader::Reader;
 use crate::chat::writer::Writer;
 use crate::chat::{HashJob, ReaderJob, ShardEvent, ShardSink, WriterRequest};
-use crate::store::{Store, StoreConfig};
+use crate::store::Store;
 use config::{AcceptMode, Config};
 use shard::{Inbox, Inboxes, Shard, Shared};
 
@@ -59,11 +59,7 @@ impl Server {
     pub fn start(config: Config) -> Result<Server, String> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| format!("cannot create {}: {e}", config.data_dir.display()))?;
-        let store_config = StoreConfig {
-            durability: config.durability,
-            wal_bytes_max: config.wal_bytes_max,
-        };
-        let store = Store::open_with(&config.data_dir, store_config).map_err(|e| {
+        let store = Store::open_with(&config.data_dir, config.store).map_err(|e| {
             format!(
                 "cannot open the store in {}: {e}",
                 config.data_dir.display()
@@ -144,7 +140,7 @@ impl Server {
             env!("CARGO_PKG_VERSION"),
             config.shards,
             config.data_dir.display(),
-            config.durability
+            config.store.durability
         );
         Ok(Server {
             local_addr: addr,

@@ -163,10 +163,6 @@ impl Store {
     }
 
     pub fn open_with(path: &Path, config: StoreConfig) -> StoreResult<Store> {
-        let StoreConfig {
-            durability,
-            wal_bytes_max,
-        } = config;
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
@@ -174,7 +170,7 @@ impl Store {
         // run beside it.
         options.increase_parallelism(2);
         options.set_max_background_jobs(2);
-        options.set_max_total_wal_size(wal_bytes_max);
+        options.set_max_total_wal_size(config.wal_bytes_max);
         let families = FAMILIES.iter().map(|name| {
             let mut family = Options::default();
             let mut table = BlockBasedOptions::default();
@@ -200,7 +196,7 @@ impl Store {
         let db = DB::open_cf_descriptors(&options, path, families)?;
         Ok(Store {
             db: Arc::new(db),
-            durability,
+            durability: config.durability,
             #[cfg(test)]
             commit_script: Arc::default(),
         })

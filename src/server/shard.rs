@@ -25,7 +25,8 @@ use super::config::{AcceptMode, Config};
 use super::connection::{Connection, Stage, SyncState};
 use super::timer::TimerWheel;
 use crate::chat::{
-    validate, ConnRef, HashJob, MemberFlag, ReaderJob, Reply, ShardEvent, ShardSink, WriterRequest,
+    validate, ConnRef, HashJob, MemberFlag, ReaderJob, Reply, ShardEvent, ShardEvents, ShardSink,
+    WriterRequest,
 };
 use crate::limits;
 use crate::protocol::cipher::{self, NoCipher, Role, CONNECTION_NONCE_LEN};
@@ -77,7 +78,12 @@ impl Inbox {
         let was_empty = match self.events.lock() {
             Ok(mut queue) => {
                 let was_empty = queue.is_empty();
-                queue.append(&mut events);
+                if was_empty {
+                    // Taken whole: no copy of a commit's thousands of events.
+                    std::mem::swap(&mut *queue, &mut events);
+                } else {
+                    queue.append(&mut events);
+                }
                 was_empty
             }
             Err(_) => return,
@@ -126,6 +132,18 @@ impl ShardSink for Inboxes {
             }
         }
         for (inbox, events) in self.0.iter().zip(per_shard) {
+            if !events.is_empty() {
+                inbox.push(events);
+            }
+        }
+    }
+
+    fn shard_count(&self) -> usize {
+        self.0.len()
+    }
+
+    fn post_sorted(&self, events: ShardEvents) {
+        for (inbox, events) in self.0.iter().zip(events.into_per_shard()) {
             if !events.is_empty() {
                 inbox.push(events);
             }

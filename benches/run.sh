@@ -3,7 +3,7 @@
 # fresh gustd on a temporary data directory, and exits non-zero if any
 # scenario failed its checks.
 #
-#   benches/run.sh           standard sizes, about 2 minutes on 2 cores
+#   benches/run.sh           standard sizes, about 2.5 minutes on 2 cores
 #   benches/run.sh --smoke   tiny sizes, well under a minute (CI runs this)
 #   benches/run.sh --release the release build (what BENCHMARKS.md reports);
 #                            the first release build compiles RocksDB again
@@ -110,16 +110,19 @@ if [ "$smoke" -eq 1 ]; then
     )
 else
     # Sized for a 2-core box shared by gustd and the generator: the whole
-    # set takes about 2 minutes, each run well under one. idle goes first
+    # set takes about 2.5 minutes, each run well under one. idle goes first
     # so that its RSS-per-connection figure is not hidden by memory an
     # earlier scenario's connections left in the server's allocator; the
-    # fixed-rate run goes before the windowed one, whose 3 million messages
-    # keep compaction busy for a while and would stretch its tail.
+    # fixed-rate run goes before the windowed ones, whose millions of
+    # messages keep compaction busy for a while and would stretch its tail.
+    # Windows 8 and 16 both run: on a box shared with the generator the
+    # rate follows how many frames each socket call carries (BENCHMARKS.md).
     scenarios=(
         "idle --connections 19000 --seconds 40"
         "connect --connections 10000"
         "chat --connections 1000 --seconds 20 --rate 50000"
         "chat --connections 10000 --seconds 20 --window 8"
+        "chat --connections 10000 --seconds 20 --window 16"
         "sync --messages 100000"
     )
 fi

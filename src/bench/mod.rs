@@ -27,6 +27,7 @@
 
 pub mod cli;
 pub mod engine;
+// ok: test-only (cfg(test)); its unwraps fail a test, never touch wire input
 #[cfg(test)]
 mod fake;
 pub mod json;

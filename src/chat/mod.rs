@@ -134,7 +134,6 @@ pub trait ShardSink: std::marker::Send + Sync {
 pub struct ShardEvents {
     /// Indexed by `ConnRef::shard`; one list when the sink has one shard.
     per_shard: Vec<Vec<ShardEvent>>,
-    len: usize,
 }
 
 impl ShardEvents {
@@ -144,7 +143,6 @@ impl ShardEvents {
             per_shard: (0..shard_count.max(1))
                 .map(|_| Vec::with_capacity(capacity))
                 .collect(),
-            len: 0,
         }
     }
 
@@ -160,10 +158,7 @@ impl ShardEvents {
                     usize::from(conn.shard)
                 };
                 match self.per_shard.get_mut(shard) {
-                    Some(events) => {
-                        events.push(event);
-                        self.len += 1;
-                    }
+                    Some(events) => events.push(event),
                     // A connection of a shard that does not exist: a bug.
                     None => debug_assert!(false, "event for shard {shard} of {shards}"),
                 }
@@ -171,18 +166,17 @@ impl ShardEvents {
             None => {
                 for events in &mut self.per_shard {
                     events.push(ShardEvent::Shutdown);
-                    self.len += 1;
                 }
             }
         }
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.per_shard.iter().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.per_shard.iter().all(Vec::is_empty)
     }
 
     /// The longest shard's list (to size the next batch of lists).

@@ -16,6 +16,7 @@ mod events;
 mod format;
 mod session;
 pub(crate) mod session_file;
+// ok: test-only (cfg(test)); its unwraps fail a test, never touch wire input
 #[cfg(test)]
 mod test_server;
 

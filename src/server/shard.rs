@@ -116,26 +116,11 @@ impl ShardSink for Inboxes {
         if self.0.len() == 1 {
             return self.0[0].push(events);
         }
-        let mut per_shard: Vec<Vec<ShardEvent>> = (0..self.0.len()).map(|_| Vec::new()).collect();
+        let mut sorted = ShardEvents::new(self.0.len(), events.len() / self.0.len().max(1));
         for event in events {
-            match event.conn().map(|conn| conn.shard) {
-                Some(shard) => {
-                    if let Some(queue) = per_shard.get_mut(shard as usize) {
-                        queue.push(event);
-                    }
-                }
-                None => {
-                    for inbox in &self.0 {
-                        inbox.push(vec![ShardEvent::Shutdown]);
-                    }
-                }
-            }
+            sorted.push(event);
         }
-        for (inbox, events) in self.0.iter().zip(per_shard) {
-            if !events.is_empty() {
-                inbox.push(events);
-            }
-        }
+        self.post_sorted(sorted);
     }
 
     fn shard_count(&self) -> usize {

@@ -15,7 +15,7 @@ use crate::chat::reader::ReaderConfig;
 use crate::chat::writer::WriterConfig;
 use crate::limits;
 use crate::protocol::cipher::PSK_LEN;
-use crate::store::{Durability, StoreConfig};
+use crate::store::{CompactionIo, Durability, StoreConfig};
 
 /// gustd: the gust instant-messaging server.
 #[derive(FromArgs, Debug)]
@@ -103,6 +103,13 @@ pub struct Flags {
     /// away: bounds the replay after a crash (default 536870912)
     #[argh(option, default = "limits::WAL_BYTES_MAX_DEFAULT")]
     pub wal_bytes_max: u64,
+
+    /// how RocksDB's flushes and compactions write: "direct" (default:
+    /// O_DIRECT, around the page cache, so the write-ahead log's fsyncs do
+    /// not queue behind their writeback bursts) or "buffered" (through the
+    /// page cache)
+    #[argh(option, default = "String::from(\"direct\")")]
+    pub compaction_io: String,
 
     /// print the version and exit
     #[argh(switch)]
@@ -222,6 +229,15 @@ impl Config {
                 limits::WAL_BYTES_MAX_FLOOR
             ));
         }
+        let compaction_io = match flags.compaction_io.as_str() {
+            "direct" => CompactionIo::Direct,
+            "buffered" => CompactionIo::Buffered,
+            other => {
+                return Err(format!(
+                    "--compaction-io must be direct or buffered, not {other:?}"
+                ))
+            }
+        };
         let hashers = flags.hashers.unwrap_or_else(cores).max(1);
         Ok(Config {
             listen: flags.listen,
@@ -231,6 +247,7 @@ impl Config {
             store: StoreConfig {
                 durability,
                 wal_bytes_max: flags.wal_bytes_max,
+                compaction_io,
             },
             log_level,
             psk,
@@ -302,5 +319,15 @@ mod tests {
         let below = (limits::WAL_BYTES_MAX_FLOOR - 1).to_string();
         let error = config(&["--wal-bytes-max", &below]).expect_err("below the floor");
         assert!(error.contains("--wal-bytes-max"), "{error}");
+    }
+
+    #[test]
+    fn compaction_io_defaults_to_direct() {
+        let default = config(&[]).expect("defaults are valid");
+        assert_eq!(default.store.compaction_io, CompactionIo::Direct);
+        let set = config(&["--compaction-io", "buffered"]).expect("buffered is valid");
+        assert_eq!(set.store.compaction_io, CompactionIo::Buffered);
+        let error = config(&["--compaction-io", "async"]).expect_err("unknown mode");
+        assert!(error.contains("--compaction-io"), "{error}");
     }
 }

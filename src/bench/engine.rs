@@ -152,6 +152,10 @@ pub struct Counters {
     pub pings: AtomicU64,
     pub pongs: AtomicU64,
     pub errors: AtomicU64,
+    /// The slowest send→ack, in microseconds, since the progress line last
+    /// took it: a stall shows in the second it happened, not only in the
+    /// run's percentiles.
+    pub slowest_ack_us: AtomicU64,
 }
 
 /// A copy of the counters at one instant.
@@ -425,6 +429,16 @@ impl Engine {
 
     pub fn snapshot(&self) -> Snapshot {
         self.shared.counters.snapshot()
+    }
+
+    /// The slowest send→ack since the last call, and starts over.
+    pub fn take_slowest_ack(&self) -> Duration {
+        Duration::from_micros(
+            self.shared
+                .counters
+                .slowest_ack_us
+                .swap(0, Ordering::Relaxed),
+        )
     }
 
     /// True once every worker has returned (normally only after `Stop`).
@@ -1441,10 +1455,12 @@ impl Worker {
             );
             return self.note("wrong ack", detail);
         }
-        record_ns(
-            &mut self.latencies.ack_us,
-            now.saturating_sub(flight.sent_ns),
-        );
+        let took_ns = now.saturating_sub(flight.sent_ns);
+        record_ns(&mut self.latencies.ack_us, took_ns);
+        self.shared
+            .counters
+            .slowest_ack_us
+            .fetch_max(took_ns / 1_000, Ordering::Relaxed);
         let conn = &mut self.conns[i];
         match conn.conversation_id {
             None => conn.conversation_id = Some(ack.conversation_id),

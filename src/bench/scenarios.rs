@@ -608,11 +608,13 @@ pub fn chat(args: &ChatArgs) -> Result<Report, String> {
             |s| s.lost > 0,
             |s, previous, interval| {
                 format!(
-                    "chat {:.0}/{seconds}s: acked {:.0}/s, delivered {:.0}/s, {} awaiting ack, {} errors",
+                    "chat {:.0}/{seconds}s: acked {:.0}/s, delivered {:.0}/s, {} awaiting ack, \
+                     slowest ack {:.1} ms, {} errors",
                     run_start.elapsed().as_secs_f64(),
                     per_second(s.acked, previous.acked, interval),
                     per_second(s.delivered, previous.delivered, interval),
                     s.sent.saturating_sub(s.acked + s.refused),
+                    engine.take_slowest_ack().as_secs_f64() * 1e3,
                     s.errors
                 )
             },

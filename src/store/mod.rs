@@ -19,6 +19,7 @@
 //! cycle (group commit); reads may come from any thread.
 
 pub mod keys;
+pub mod mounts;
 pub mod records;
 
 use std::path::Path;
@@ -242,6 +243,17 @@ impl Store {
             ColumnFamilyDescriptor::new(*name, family)
         });
         let db = DB::open_cf_descriptors(&options, path, families)?;
+        if let Some(mount) = mounts::mount_of(path).filter(|m| m.online_discard) {
+            log::warn!(
+                "{} is on {} ({}), mounted with online discard: every log and table \
+                 RocksDB deletes is trimmed while commits wait on their fsync, which \
+                 stalls acks for tens of milliseconds; mount it with nodiscard and trim \
+                 it periodically (fstrim.timer)",
+                path.display(),
+                mount.mount_point.display(),
+                mount.fs_type
+            );
+        }
         Ok(Store {
             db: Arc::new(db),
             durability: config.durability,

@@ -153,8 +153,8 @@ pub struct Counters {
     pub pongs: AtomicU64,
     pub errors: AtomicU64,
     /// The slowest send→ack, in microseconds, since the progress line last
-    /// took it: a stall shows in the second it happened, not only in the
-    /// run's percentiles.
+    /// took it: a stall shows in the second it ended (while it lasts,
+    /// "awaiting ack" grows), not only in the run's percentiles.
     pub slowest_ack_us: AtomicU64,
 }
 
@@ -1457,10 +1457,11 @@ impl Worker {
         }
         let took_ns = now.saturating_sub(flight.sent_ns);
         record_ns(&mut self.latencies.ack_us, took_ns);
-        self.shared
-            .counters
-            .slowest_ack_us
-            .fetch_max(took_ns / 1_000, Ordering::Relaxed);
+        // A locked read-modify-write only when this ack is the new slowest.
+        let slowest = &self.shared.counters.slowest_ack_us;
+        if took_ns / 1_000 > slowest.load(Ordering::Relaxed) {
+            slowest.fetch_max(took_ns / 1_000, Ordering::Relaxed);
+        }
         let conn = &mut self.conns[i];
         match conn.conversation_id {
             None => conn.conversation_id = Some(ack.conversation_id),

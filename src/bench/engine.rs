@@ -1458,9 +1458,10 @@ impl Worker {
         let took_ns = now.saturating_sub(flight.sent_ns);
         record_ns(&mut self.latencies.ack_us, took_ns);
         // A locked read-modify-write only when this ack is the new slowest.
+        let took_us = took_ns / 1_000;
         let slowest = &self.shared.counters.slowest_ack_us;
-        if took_ns / 1_000 > slowest.load(Ordering::Relaxed) {
-            slowest.fetch_max(took_ns / 1_000, Ordering::Relaxed);
+        if took_us > slowest.load(Ordering::Relaxed) {
+            slowest.fetch_max(took_us, Ordering::Relaxed);
         }
         let conn = &mut self.conns[i];
         match conn.conversation_id {

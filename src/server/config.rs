@@ -162,17 +162,26 @@ fn cores() -> usize {
         .unwrap_or(1)
 }
 
+/// The value of a flag that names one of two modes.
+fn one_of<T: Copy>(flag: &str, value: &str, choices: [(&str, T); 2]) -> Result<T, String> {
+    let [(first, a), (second, b)] = choices;
+    match value {
+        v if v == first => Ok(a),
+        v if v == second => Ok(b),
+        other => Err(format!("{flag} must be {first} or {second}, not {other:?}")),
+    }
+}
+
 impl Config {
     pub fn from_flags(flags: Flags) -> Result<Config, String> {
-        let durability = match flags.durability.as_str() {
-            "sync" => Durability::Sync,
-            "buffered" => Durability::Buffered,
-            other => {
-                return Err(format!(
-                    "--durability must be sync or buffered, not {other:?}"
-                ))
-            }
-        };
+        let durability = one_of(
+            "--durability",
+            &flags.durability,
+            [
+                ("sync", Durability::Sync),
+                ("buffered", Durability::Buffered),
+            ],
+        )?;
         let log_level = flags
             .log_level
             .parse::<log::LevelFilter>()
@@ -181,15 +190,14 @@ impl Config {
             None => None,
             Some(path) => Some(read_psk(path)?),
         };
-        let accept_mode = match flags.accept_mode.as_str() {
-            "reuseport" => AcceptMode::ReusePort,
-            "single" => AcceptMode::Single,
-            other => {
-                return Err(format!(
-                    "--accept-mode must be reuseport or single, not {other:?}"
-                ))
-            }
-        };
+        let accept_mode = one_of(
+            "--accept-mode",
+            &flags.accept_mode,
+            [
+                ("reuseport", AcceptMode::ReusePort),
+                ("single", AcceptMode::Single),
+            ],
+        )?;
         let shards = flags.shards.unwrap_or_else(cores);
         if shards == 0 || shards > 1024 {
             return Err("--shards must be between 1 and 1024".into());
@@ -229,15 +237,14 @@ impl Config {
                 limits::WAL_BYTES_MAX_FLOOR
             ));
         }
-        let compaction_io = match flags.compaction_io.as_str() {
-            "direct" => CompactionIo::Direct,
-            "buffered" => CompactionIo::Buffered,
-            other => {
-                return Err(format!(
-                    "--compaction-io must be direct or buffered, not {other:?}"
-                ))
-            }
-        };
+        let compaction_io = one_of(
+            "--compaction-io",
+            &flags.compaction_io,
+            [
+                ("direct", CompactionIo::Direct),
+                ("buffered", CompactionIo::Buffered),
+            ],
+        )?;
         let hashers = flags.hashers.unwrap_or_else(cores).max(1);
         Ok(Config {
             listen: flags.listen,

@@ -424,18 +424,42 @@ impl Store {
                     .collect()
             }
         };
-        let keys: Vec<[u8; 16]> = pairs
+        // Sorted here and passed as sorted: RocksDB would otherwise sort its
+        // key contexts through the comparator, a tenth of the writer's CPU
+        // at 4,096 sends a cycle; plain byte arrays sort in a fraction.
+        let mut keys: Vec<([u8; 16], usize)> = pairs
             .iter()
-            .map(|(user_id, client_message_id)| keys::dedupe(*user_id, *client_message_id))
-            .collect();
-        self.db
-            .batched_multi_get_cf(cf, &keys, false)
-            .into_iter()
-            .map(|found| match found? {
-                None => Ok(None),
-                Some(bytes) => decode(CF_DEDUPE, &bytes).map(Some),
+            .enumerate()
+            .map(|(asked, (user_id, client_message_id))| {
+                (keys::dedupe(*user_id, *client_message_id), asked)
             })
-            .collect()
+            .collect();
+        keys.sort_unstable();
+        let found = self
+            .db
+            .batched_multi_get_cf(cf, keys.iter().map(|(key, _)| key), true);
+        // Every slot is overwritten; one left over would be a lookup that
+        // RocksDB did not answer, which must not pass for "never seen".
+        let mut answers: Vec<StoreResult<Option<DedupeRecord>>> = pairs
+            .iter()
+            .map(|_| {
+                Err(StoreError::Corrupt {
+                    family: CF_DEDUPE,
+                    detail: "MultiGet gave no answer for this key".into(),
+                })
+            })
+            .collect();
+        for ((_, asked), found) in keys.iter().zip(found) {
+            let answer = match found {
+                Err(e) => Err(e.into()),
+                Ok(None) => Ok(None),
+                Ok(Some(bytes)) => decode(CF_DEDUPE, &bytes).map(Some),
+            };
+            if let Some(slot) = answers.get_mut(*asked) {
+                *slot = answer;
+            }
+        }
+        answers
     }
 
     /// Raw wire-encoded messages with `from <= seq <= to`, ascending, at most
@@ -526,7 +550,7 @@ impl Store {
 
     /// Writes the batch atomically, with the WAL synced when the durability
     /// is `Sync`. Only the committer thread calls this.
-    pub fn commit(&self, mut batch: Batch) -> StoreResult<()> {
+    pub fn commit(&self, batch: Batch) -> StoreResult<()> {
         #[cfg(test)]
         if let Some((delay, fail)) = self
             .commit_script
@@ -543,11 +567,8 @@ impl Store {
         for name in FAMILIES {
             families.push(self.family(name)?);
         }
-        // Stable: two ops on one key keep their order.
         let keys = &batch.keys;
-        batch.ops.sort_by(|a, b| {
-            (a.family, &keys[a.key.clone()]).cmp(&(b.family, &keys[b.key.clone()]))
-        });
+        let order = batch.commit_order();
         // Sized up front: growing RocksDB's batch buffer by doubling copied
         // it over and over (memmove was the committer's largest cost).
         let bytes: usize = batch
@@ -556,7 +577,7 @@ impl Store {
             .map(|op| op.key.len() + op.value.as_ref().map_or(0, |v| v.len()) + BATCH_OP_OVERHEAD)
             .sum();
         let mut inner = WriteBatch::with_capacity_bytes(WRITE_BATCH_HEADER + bytes);
-        for op in &batch.ops {
+        for op in order.iter().filter_map(|at| batch.ops.get(*at)) {
             let key = &keys[op.key.clone()];
             match (families.get(usize::from(op.family)), &op.value) {
                 (Some(cf), Some(value)) => inner.put_cf(*cf, key, value),
@@ -588,6 +609,40 @@ impl Batch {
 
     pub fn len(&self) -> usize {
         self.ops.len()
+    }
+
+    /// The ops' indexes sorted by (family, key), two ops on one key in the
+    /// order they were added. Sorted on each key's first 16 bytes as one
+    /// integer, which all but a few keys fit (messages, dedupe, members):
+    /// comparing slices through their ranges was 5 % of the committer.
+    fn commit_order(&self) -> Vec<usize> {
+        let mut order: Vec<(u8, u128, usize)> = self
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(at, op)| {
+                let key = self.keys.get(op.key.clone()).unwrap_or_default();
+                let mut head = [0u8; 16];
+                let len = key.len().min(16);
+                head[..len].copy_from_slice(&key[..len]);
+                (op.family, u128::from_be_bytes(head), at)
+            })
+            .collect();
+        let key_of = |at: usize| {
+            self.ops
+                .get(at)
+                .and_then(|op| self.keys.get(op.key.clone()))
+                .unwrap_or_default()
+        };
+        order.sort_unstable_by(|a, b| {
+            (a.0, a.1)
+                .cmp(&(b.0, b.1))
+                // Equal heads: longer keys, or a short key and its
+                // zero-padded twin.
+                .then_with(|| key_of(a.2).cmp(key_of(b.2)))
+                .then(a.2.cmp(&b.2))
+        });
+        order.into_iter().map(|(_, _, at)| at).collect()
     }
 
     fn push(&mut self, family: u8, key: &[u8], value: Option<Bytes>) {
@@ -752,7 +807,31 @@ fn corrupt_key(family: &'static str, key: &[u8]) -> StoreError {
 mod tests {
     use std::collections::BTreeMap;
 
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// The commit order is a stable sort by (family, key): keys of every
+        /// length from empty to past the 16-byte head, drawn from three byte
+        /// values so that equal keys, equal heads and zero-padded twins
+        /// ("\x01" and "\x01\x00") all occur.
+        #[test]
+        fn commit_order_is_a_stable_sort_by_family_and_key(
+            ops in proptest::collection::vec(
+                (0u8..3, proptest::collection::vec(0u8..3, 0..24)),
+                0..64,
+            )
+        ) {
+            let mut batch = Batch { ops: Vec::new(), keys: Vec::new() };
+            for (family, key) in &ops {
+                batch.push(*family, key, None);
+            }
+            let mut expected: Vec<usize> = (0..ops.len()).collect();
+            expected.sort_by(|a, b| (ops[*a].0, &ops[*a].1).cmp(&(ops[*b].0, &ops[*b].1)));
+            prop_assert_eq!(batch.commit_order(), expected);
+        }
+    }
 
     /// Bytes of write-ahead log files (`NNNNNN.log`) in a store directory.
     fn wal_bytes(dir: &Path) -> u64 {
@@ -792,13 +871,21 @@ mod tests {
             store.commit(batch).expect("commit");
         }
         // Forced flushes run in the background; the log they free is
-        // deleted when they finish.
+        // deleted when they finish. RocksDB checks the bound only when a
+        // write arrives and skips the check while the oldest log's flush
+        // runs, so a burst faster than that flush ends over the bound until
+        // the next write: keep writing a little, as a live server does.
         let mut bytes = wal_bytes(dir.path());
-        for _ in 0..100 {
+        for tick in 0..100u64 {
             if bytes <= 2 * wal_bytes_max {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
+            let mut batch = store.batch();
+            batch
+                .put_message(2, tick + 1, Bytes::from_static(b"tick"))
+                .expect("put");
+            store.commit(batch).expect("commit");
             bytes = wal_bytes(dir.path());
         }
         bytes

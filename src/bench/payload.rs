@@ -18,9 +18,14 @@ static EPOCH: OnceLock<Instant> = OnceLock::new();
 /// Nanoseconds since the first call in this process (monotonic, shared by
 /// all threads).
 pub fn now_ns() -> u64 {
+    ns_at(Instant::now())
+}
+
+/// `instant` on the `now_ns` clock (0 for an instant before its epoch).
+pub fn ns_at(instant: Instant) -> u64 {
     let epoch = *EPOCH.get_or_init(Instant::now);
     // u64 nanoseconds last 584 years.
-    epoch.elapsed().as_nanos() as u64
+    instant.saturating_duration_since(epoch).as_nanos() as u64
 }
 
 /// The message text: stamp, then padding up to `size_bytes` (never shorter

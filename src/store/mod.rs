@@ -616,7 +616,10 @@ impl Batch {
     /// integer, which all but a few keys fit (messages, dedupe, members):
     /// comparing slices through their ranges was 5 % of the committer.
     fn commit_order(&self) -> Vec<usize> {
-        let mut order: Vec<(u8, u128, usize)> = self
+        // Tuples compare field by field, so the whole key is compared only
+        // on equal heads (longer keys, or a short key and its zero-padded
+        // twin), and the index keeps equal keys in the order added.
+        let mut order: Vec<(u8, u128, &[u8], usize)> = self
             .ops
             .iter()
             .enumerate()
@@ -625,24 +628,11 @@ impl Batch {
                 let mut head = [0u8; 16];
                 let len = key.len().min(16);
                 head[..len].copy_from_slice(&key[..len]);
-                (op.family, u128::from_be_bytes(head), at)
+                (op.family, u128::from_be_bytes(head), key, at)
             })
             .collect();
-        let key_of = |at: usize| {
-            self.ops
-                .get(at)
-                .and_then(|op| self.keys.get(op.key.clone()))
-                .unwrap_or_default()
-        };
-        order.sort_unstable_by(|a, b| {
-            (a.0, a.1)
-                .cmp(&(b.0, b.1))
-                // Equal heads: longer keys, or a short key and its
-                // zero-padded twin.
-                .then_with(|| key_of(a.2).cmp(key_of(b.2)))
-                .then(a.2.cmp(&b.2))
-        });
-        order.into_iter().map(|(_, _, at)| at).collect()
+        order.sort_unstable();
+        order.into_iter().map(|(_, _, _, at)| at).collect()
     }
 
     fn push(&mut self, family: u8, key: &[u8], value: Option<Bytes>) {

@@ -202,7 +202,8 @@ scenario_args! {
         #[argh(option, default = "0")]
         pub rate: [u64],
 
-        /// milliseconds between a receiver's cumulative delivery acks (default 100)
+        /// milliseconds from a receiver's first unacknowledged delivery to its
+        /// cumulative delivery ack, timed per receiver (default 100)
         #[argh(option, default = "100")]
         pub ack_interval_ms: [u64],
 

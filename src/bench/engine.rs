@@ -124,7 +124,8 @@ pub struct Settings {
     pub rate_per_s: u64,
     /// Text bytes per message.
     pub size_bytes: usize,
-    /// How often a receiver sends its cumulative delivery ack.
+    /// From a receiver's first unacknowledged delivery to its cumulative
+    /// delivery ack.
     pub ack_interval: Duration,
     /// A sync that receives nothing for this long has failed.
     pub sync_stall_timeout: Duration,
@@ -700,6 +701,12 @@ struct Worker {
     /// it is written, so latencies are never understated by it.
     clock: Instant,
     clock_ns: u64,
+    /// Each receiver's delivery-ack timer, started by the first delivery it
+    /// has not acked yet: (due, connection), in due order because the
+    /// interval is fixed. Every client acks on its own clock, as real ones
+    /// do; a tick acking all of them at once sent the server a burst of
+    /// 10,000 acks every interval, and the sends behind it waited.
+    ack_timers: VecDeque<(Instant, usize)>,
 }
 
 impl Worker {
@@ -755,6 +762,7 @@ impl Worker {
             pings_nonce: 0,
             clock: Instant::now(),
             clock_ns: now_ns(),
+            ack_timers: VecDeque::new(),
         }
     }
 
@@ -768,7 +776,6 @@ impl Worker {
         let mut events = Events::with_capacity(4096);
         let mut next_heartbeat = Instant::now() + HEARTBEAT_TICK;
         let mut next_deadline = Instant::now() + DEADLINE_TICK;
-        let mut next_ack = Instant::now() + self.settings.ack_interval;
         loop {
             let phase = self.shared.phase();
             if phase == Phase::Stop {
@@ -814,10 +821,7 @@ impl Worker {
             if self.phase == Phase::Run && self.settings.rate_per_s > 0 {
                 self.send_on_schedule(now);
             }
-            if now >= next_ack {
-                next_ack = now + self.settings.ack_interval;
-                self.send_delivery_acks();
-            }
+            self.send_due_delivery_acks(now);
             if now >= next_heartbeat {
                 next_heartbeat = now + HEARTBEAT_TICK;
                 self.heartbeats();
@@ -832,13 +836,17 @@ impl Worker {
     }
 
     fn poll_timeout(&self) -> Duration {
-        if self.phase == Phase::Run && self.settings.rate_per_s > 0 {
+        let timeout = if self.phase == Phase::Run && self.settings.rate_per_s > 0 {
             Duration::from_millis(1)
         } else if self.next_to_start < self.conns.len() && self.in_handshake < self.inflight_cap {
             // Waiting only for the connect pacer.
             Duration::from_millis(2)
         } else {
             Duration::from_millis(20)
+        };
+        match self.ack_timers.front() {
+            Some(&(due, _)) => timeout.min(due.saturating_duration_since(Instant::now())),
+            None => timeout,
         }
     }
 
@@ -1554,7 +1562,7 @@ impl Worker {
         }
         let conn = &mut self.conns[i];
         conn.received.push(message.seq, message.client_message_id);
-        conn.ack_due = true;
+        self.start_ack_timer(i);
         bump(&self.shared.counters.delivered);
     }
 
@@ -1608,8 +1616,10 @@ impl Worker {
             conn.received.push(message.seq, message.client_message_id);
             accepted += 1;
         }
-        conn.ack_due = accepted > 0 || conn.ack_due;
         conn.conversation_id = Some(conversation_id);
+        if accepted > 0 {
+            self.start_ack_timer(i);
+        }
         self.shared
             .counters
             .synced
@@ -1652,8 +1662,37 @@ impl Worker {
         }
     }
 
-    /// Cumulative delivery acks, one per connection that received something
-    /// since the last tick: batched, as a real client would.
+    /// Marks a delivery ack due and, unless one already was, starts the
+    /// connection's timer: the ack covers everything received until it fires.
+    fn start_ack_timer(&mut self, i: usize) {
+        let conn = &mut self.conns[i];
+        if !conn.ack_due {
+            conn.ack_due = true;
+            self.ack_timers
+                .push_back((self.clock + self.settings.ack_interval, i));
+        }
+    }
+
+    /// Cumulative delivery acks of the connections whose timers are due.
+    fn send_due_delivery_acks(&mut self, now: Instant) {
+        while let Some(&(due, i)) = self.ack_timers.front() {
+            if due > now {
+                break;
+            }
+            self.ack_timers.pop_front();
+            self.send_delivery_ack(i);
+            let conn = &self.conns[i];
+            if conn.ack_due && conn.state != State::Closed {
+                // Not sendable yet (mid-handshake or mid-sync): try again
+                // an interval later.
+                self.ack_timers
+                    .push_back((now + self.settings.ack_interval, i));
+            }
+        }
+    }
+
+    /// Cumulative delivery acks of every connection with one due (the end
+    /// of a run).
     fn send_delivery_acks(&mut self) {
         for i in 0..self.conns.len() {
             if self.conns[i].ack_due {

@@ -34,6 +34,10 @@ struct FakeState {
     /// The one conversation's last seq (the test has one pair).
     last_seq: Mutex<Seq>,
     delivers: AtomicU64,
+    /// Every delivery ack: (user, seq).
+    delivery_acks: Mutex<Vec<(UserId, Seq)>>,
+    /// The last seq delivered to each user.
+    delivered_to: Mutex<HashMap<UserId, Seq>>,
 }
 
 fn frame(request_id: u32, body: &Body) -> Vec<u8> {
@@ -46,7 +50,7 @@ fn token_user(token: &[u8]) -> UserId {
     u64::from(token[0])
 }
 
-fn serve(fault: Fault) -> std::net::SocketAddr {
+fn serve(fault: Fault) -> (std::net::SocketAddr, Arc<FakeState>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let state = Arc::new(FakeState {
@@ -54,7 +58,10 @@ fn serve(fault: Fault) -> std::net::SocketAddr {
         writers: Mutex::new(HashMap::new()),
         last_seq: Mutex::new(0),
         delivers: AtomicU64::new(0),
+        delivery_acks: Mutex::new(Vec::new()),
+        delivered_to: Mutex::new(HashMap::new()),
     });
+    let served = state.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
@@ -62,7 +69,7 @@ fn serve(fault: Fault) -> std::net::SocketAddr {
             std::thread::spawn(move || connection(stream, state));
         }
     });
-    addr
+    (addr, served)
 }
 
 fn connection(mut stream: TcpStream, state: Arc<FakeState>) {
@@ -153,6 +160,9 @@ fn connection(mut stream: TcpStream, state: Arc<FakeState>) {
                     for _ in 0..copies {
                         let _ = w.write_all(&deliver);
                     }
+                    if copies > 0 {
+                        state.delivered_to.lock().unwrap().insert(peer, seq);
+                    }
                 }
                 drop(last_seq);
             }
@@ -160,15 +170,24 @@ fn connection(mut stream: TcpStream, state: Arc<FakeState>) {
                 nonce: p.nonce,
                 server_time_ms: 0,
             })),
-            Body::DeliveryAck(_) => {}
+            Body::DeliveryAck(ack) => {
+                assert_eq!(ack.conversation_id, 7);
+                state.delivery_acks.lock().unwrap().push((user, ack.seq));
+            }
             other => panic!("fake server got {other:?}"),
         }
     }
 }
 
-/// One pair (users 1 and 2) chatting for a moment; returns the report.
-fn chat_against(fault: Fault) -> Report {
-    let target = serve(fault);
+/// The receivers' delivery-ack timer in `chat_against`.
+const ACK_INTERVAL: Duration = Duration::from_millis(20);
+/// How long `chat_against` sends.
+const RUN_TIME: Duration = Duration::from_millis(300);
+
+/// One pair (users 1 and 2) chatting for a moment; returns the report and
+/// what the fake server saw.
+fn chat_against(fault: Fault) -> (Report, Arc<FakeState>) {
+    let (target, state) = serve(fault);
     let specs = [1u64, 2]
         .iter()
         .enumerate()
@@ -191,7 +210,7 @@ fn chat_against(fault: Fault) -> Report {
         window: 4,
         rate_per_s: 0,
         size_bytes: 64,
-        ack_interval: Duration::from_millis(20),
+        ack_interval: ACK_INTERVAL,
         sync_stall_timeout: Duration::from_secs(5),
         psk: None,
         agent: "test".into(),
@@ -201,7 +220,7 @@ fn chat_against(fault: Fault) -> Report {
         std::thread::sleep(Duration::from_millis(5));
     }
     engine.set_phase(Phase::Run);
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(RUN_TIME);
     engine.set_phase(Phase::Drain);
     std::thread::sleep(Duration::from_millis(200));
     let result = engine.stop();
@@ -210,18 +229,47 @@ fn chat_against(fault: Fault) -> Report {
     assert!(result.latencies.ack_us.len() > 10);
     let mut report = Report::new("chat", "test".into(), target.to_string(), None);
     check_pairs(&mut report, &result);
-    report
+    (report, state)
 }
 
 #[test]
 fn a_correct_server_passes() {
-    let report = chat_against(Fault::None);
+    let (report, _) = chat_against(Fault::None);
     assert!(report.ok(), "{}", report.table());
 }
 
 #[test]
+fn receivers_ack_deliveries_on_their_own_timers() {
+    let (report, state) = chat_against(Fault::None);
+    assert!(report.ok(), "{}", report.table());
+    let acks = state.delivery_acks.lock().unwrap().clone();
+    let delivered_to = state.delivered_to.lock().unwrap().clone();
+    for user in [1u64, 2] {
+        let seqs: Vec<Seq> = acks
+            .iter()
+            .filter(|(u, _)| *u == user)
+            .map(|&(_, seq)| seq)
+            .collect();
+        // Acked while the run went on, not only at its end, and at most
+        // once per timer interval (plus the final ack when the engine stops).
+        let most = (RUN_TIME.as_millis() / ACK_INTERVAL.as_millis()) as usize + 2;
+        assert!(
+            (3..=most).contains(&seqs.len()),
+            "user {user}: {} acks, expected 3..={most}",
+            seqs.len()
+        );
+        assert!(
+            seqs.windows(2).all(|w| w[0] < w[1]),
+            "user {user}: acks not increasing: {seqs:?}"
+        );
+        // The last ack covers everything the user was sent.
+        assert_eq!(seqs.last(), delivered_to.get(&user), "user {user}");
+    }
+}
+
+#[test]
 fn duplicated_deliveries_fail_the_run() {
-    let report = chat_against(Fault::DuplicateDeliver);
+    let (report, _) = chat_against(Fault::DuplicateDeliver);
     assert!(!report.ok());
     assert!(
         report.failures.iter().any(|f| f.contains("duplicate seqs")),
@@ -232,7 +280,7 @@ fn duplicated_deliveries_fail_the_run() {
 
 #[test]
 fn lost_deliveries_fail_the_run() {
-    let report = chat_against(Fault::DropDeliver);
+    let (report, _) = chat_against(Fault::DropDeliver);
     assert!(!report.ok());
     assert!(
         report.failures.iter().any(|f| f.contains("never arrived")),

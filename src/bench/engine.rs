@@ -4,10 +4,11 @@
 //!
 //! A connection goes `NotStarted → Connecting → HelloSent → ResumeSent →
 //! Ready` and then does what its [`Plan`] says (hold and heartbeat, chat with
-//! a peer, send a batch, or sync). Reads are drained until `WouldBlock` and
-//! parsed in place; frames produced in one turn of the loop are appended to
-//! the connection's buffer and written with one `write` call at the end of
-//! the turn (many frames per syscall).
+//! a peer, send a batch, or sync). Reads drain the socket (a short read ends
+//! them: epoll signals every arrival) and are parsed in place; frames
+//! produced in one turn of the loop are appended to the connection's buffer
+//! and written with one `write` call at the end of the turn (many frames per
+//! syscall).
 //!
 //! The main thread steers the workers through a shared [`Phase`] and reads
 //! progress from shared atomic counters; everything else a worker measures
@@ -1087,9 +1088,8 @@ impl Worker {
 
     // ------------------------------------------------------------ reading
 
-    /// Reads until `WouldBlock`, handling every whole frame.
-    /// Reads what the socket has; `until_eof` when the server closed its
-    /// side (or the socket errored).
+    /// Reads what the socket has, handling every whole frame; `until_eof`
+    /// when the server closed its side (or the socket errored).
     fn read_ready(&mut self, i: usize, until_eof: bool) {
         let mut scratch = std::mem::take(&mut self.scratch);
         while let Some(stream) = self.conns[i].stream.as_mut() {

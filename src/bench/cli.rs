@@ -211,6 +211,12 @@ scenario_args! {
         /// deliveries (default 30)
         #[argh(option, default = "30")]
         pub drain_secs: [u64],
+
+        /// also report send->deliver percentiles per window of this many
+        /// milliseconds of the run, by delivery time, to show when the
+        /// slow deliveries came (default 0: off)
+        #[argh(option, default = "0")]
+        pub timeline_ms: [u64],
     }
 }
 

@@ -132,6 +132,9 @@ pub struct Settings {
     pub sync_stall_timeout: Duration,
     pub psk: Option<[u8; 32]>,
     pub agent: String,
+    /// Width of the windows of `Latencies::deliver_timeline` (None: no
+    /// timeline).
+    pub timeline: Option<Duration>,
 }
 
 /// Progress counters shared with the main thread. Totals over all workers.
@@ -209,6 +212,8 @@ fn bump(counter: &AtomicU64) {
 #[derive(Debug, Default)]
 pub struct Shared {
     phase: AtomicU8,
+    /// `now_ns` when the run phase began: the timeline's origin.
+    run_started_ns: AtomicU64,
     pub counters: Counters,
 }
 
@@ -233,6 +238,11 @@ pub struct Latencies {
     pub ack_us: Histogram<u64>,
     /// `send` to the peer's `deliver`.
     pub deliver_us: Histogram<u64>,
+    /// `send` to `deliver` by when the delivery arrived: one histogram per
+    /// `Settings::timeline` window from the start of the run phase. A
+    /// run's p99 says how bad the tail is; this says whether it is spread
+    /// evenly or comes in bursts, and when (to set beside the server's logs).
+    pub deliver_timeline: Vec<Histogram<u64>>,
 }
 
 /// One hour: longer latencies are recorded as one hour.
@@ -245,6 +255,13 @@ fn histogram() -> Histogram<u64> {
         .unwrap_or_else(|e| unreachable!("constant histogram bounds are valid: {e}"))
 }
 
+/// A timeline window's histogram: two significant digits (1 % resolution)
+/// keep each one small, as a long run with narrow windows has thousands.
+fn timeline_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, 2)
+        .unwrap_or_else(|e| unreachable!("constant histogram bounds are valid: {e}"))
+}
+
 impl Default for Latencies {
     fn default() -> Latencies {
         Latencies {
@@ -254,6 +271,7 @@ impl Default for Latencies {
             resume_us: histogram(),
             ack_us: histogram(),
             deliver_us: histogram(),
+            deliver_timeline: Vec::new(),
         }
     }
 }
@@ -268,6 +286,33 @@ impl Latencies {
         let _ = self.resume_us.add(&other.resume_us);
         let _ = self.ack_us.add(&other.ack_us);
         let _ = self.deliver_us.add(&other.deliver_us);
+        if self.deliver_timeline.len() < other.deliver_timeline.len() {
+            self.deliver_timeline
+                .resize_with(other.deliver_timeline.len(), timeline_histogram);
+        }
+        for (mine, theirs) in self
+            .deliver_timeline
+            .iter_mut()
+            .zip(&other.deliver_timeline)
+        {
+            let _ = mine.add(theirs);
+        }
+    }
+
+    /// Records a delivery `latency_ns` long that arrived `since_run_ns`
+    /// into the run, in windows `width` wide.
+    fn record_timeline(&mut self, width: Duration, since_run_ns: u64, latency_ns: u64) {
+        let width_ns = (width.as_nanos() as u64).max(1);
+        let Ok(window) = usize::try_from(since_run_ns / width_ns) else {
+            return;
+        };
+        if window >= self.deliver_timeline.len() {
+            self.deliver_timeline
+                .resize_with(window + 1, timeline_histogram);
+        }
+        if let Some(histogram) = self.deliver_timeline.get_mut(window) {
+            record_ns(histogram, latency_ns);
+        }
     }
 }
 
@@ -426,6 +471,12 @@ impl Engine {
     }
 
     pub fn set_phase(&self, phase: Phase) {
+        if phase == Phase::Run {
+            // Before the phase: a worker that sees Run sees this too.
+            self.shared
+                .run_started_ns
+                .store(now_ns(), Ordering::Release);
+        }
         self.shared.phase.store(phase as u8, Ordering::Release);
     }
 
@@ -1558,7 +1609,16 @@ impl Worker {
             return self.note("corrupt message", detail);
         }
         if live {
-            record_ns(&mut self.latencies.deliver_us, now.saturating_sub(sent_ns));
+            let latency_ns = now.saturating_sub(sent_ns);
+            record_ns(&mut self.latencies.deliver_us, latency_ns);
+            if let Some(width) = self.settings.timeline {
+                let run_started_ns = self.shared.run_started_ns.load(Ordering::Acquire);
+                self.latencies.record_timeline(
+                    width,
+                    now.saturating_sub(run_started_ns),
+                    latency_ns,
+                );
+            }
         }
         let conn = &mut self.conns[i];
         conn.received.push(message.seq, message.client_message_id);

@@ -183,6 +183,8 @@ fn connection(mut stream: TcpStream, state: Arc<FakeState>) {
 const ACK_INTERVAL: Duration = Duration::from_millis(20);
 /// How long `chat_against` sends.
 const RUN_TIME: Duration = Duration::from_millis(300);
+/// The windows of `chat_against`'s delivery timeline.
+const TIMELINE_WIDTH: Duration = Duration::from_millis(50);
 
 /// What `chat_against` saw.
 struct ChatRun {
@@ -191,6 +193,9 @@ struct ChatRun {
     state: Arc<FakeState>,
     /// From the start of sending to the engine's stop.
     elapsed: Duration,
+    /// Deliveries in the run's histogram, and per timeline window.
+    delivered: u64,
+    timeline_counts: Vec<u64>,
 }
 
 /// One pair (users 1 and 2) chatting for a moment.
@@ -222,11 +227,15 @@ fn chat_against(fault: Fault) -> ChatRun {
         sync_stall_timeout: Duration::from_secs(5),
         psk: None,
         agent: "test".into(),
+        timeline: Some(TIMELINE_WIDTH),
     };
     let engine = Engine::start(settings, specs).unwrap();
     while engine.snapshot().authenticated < 2 {
         std::thread::sleep(Duration::from_millis(5));
     }
+    // Idle a moment between login and the run, so that a timeline counted
+    // from anything but the run's start shows empty windows first.
+    std::thread::sleep(2 * TIMELINE_WIDTH);
     let started = Instant::now();
     engine.set_phase(Phase::Run);
     std::thread::sleep(RUN_TIME);
@@ -243,6 +252,13 @@ fn chat_against(fault: Fault) -> ChatRun {
         report,
         state,
         elapsed,
+        delivered: result.latencies.deliver_us.len(),
+        timeline_counts: result
+            .latencies
+            .deliver_timeline
+            .iter()
+            .map(|h| h.len())
+            .collect(),
     }
 }
 
@@ -258,6 +274,7 @@ fn receivers_ack_deliveries_while_the_run_goes_on() {
         report,
         state,
         elapsed,
+        ..
     } = chat_against(Fault::None);
     assert!(report.ok(), "{}", report.table());
     let acks = state.delivery_acks.lock().unwrap().clone();
@@ -284,6 +301,45 @@ fn receivers_ack_deliveries_while_the_run_goes_on() {
         // The last ack covers everything the user was sent.
         assert_eq!(seqs.last(), delivered_to.get(&user), "user {user}");
     }
+}
+
+#[test]
+fn the_timeline_places_every_delivery_in_its_window() {
+    let run = chat_against(Fault::None);
+    assert!(run.report.ok(), "{}", run.report.table());
+    assert!(run.delivered > 10);
+    // Every delivery the run's histogram counts is in one window.
+    assert_eq!(run.timeline_counts.iter().sum::<u64>(), run.delivered);
+    // Windows start at the run phase and end with the last delivery, which
+    // came before the engine stopped.
+    let width = TIMELINE_WIDTH.as_millis();
+    let most = (run.elapsed.as_millis() / width + 1) as usize;
+    assert!(
+        run.timeline_counts.len() <= most,
+        "{} windows in {:?}",
+        run.timeline_counts.len(),
+        run.elapsed
+    );
+    // The pair sends from the run's first moment and all through it, so the
+    // first window and those the run spans are not empty (a timeline
+    // counted from the wrong origin would leave the first ones so).
+    assert!(
+        run.timeline_counts.first().is_some_and(|&n| n > 0),
+        "{:?}",
+        run.timeline_counts
+    );
+    let sending = (RUN_TIME.as_millis() / width) as usize;
+    let busy = run
+        .timeline_counts
+        .iter()
+        .take(sending)
+        .filter(|&&n| n > 0)
+        .count();
+    assert!(
+        busy + 1 >= sending,
+        "{busy} of the first {sending} windows hold deliveries: {:?}",
+        run.timeline_counts
+    );
 }
 
 #[test]

@@ -55,6 +55,30 @@ impl Summary {
     }
 }
 
+/// Latency percentiles per window of a run (`Latencies::deliver_timeline`).
+#[derive(Clone, Debug)]
+struct Timeline {
+    key: String,
+    label: String,
+    width_ms: u64,
+    /// Wall-clock start of the first window, to set beside server logs.
+    start_unix_ms: u64,
+    windows: Vec<Summary>,
+}
+
+impl Timeline {
+    fn to_json(&self) -> Value {
+        let mut o = Object::new();
+        o.set("width_ms", self.width_ms)
+            .set("start_unix_ms", self.start_unix_ms)
+            .set(
+                "windows",
+                Value::List(self.windows.iter().map(|w| w.to_json()).collect()),
+            );
+        Value::Object(o)
+    }
+}
+
 /// One figure: a JSON key, a label for the table, a value and its unit.
 #[derive(Clone, Debug)]
 struct Figure {
@@ -75,6 +99,7 @@ pub struct Report {
     params: Object,
     figures: Vec<Figure>,
     latencies: Vec<(String, String, Summary)>,
+    timelines: Vec<Timeline>,
     /// What was verified, for the reader.
     pub checks: Vec<String>,
     /// Anything wrong. A report with failures makes the run exit non-zero.
@@ -97,6 +122,7 @@ impl Report {
             params: Object::new(),
             figures: Vec::new(),
             latencies: Vec::new(),
+            timelines: Vec::new(),
             checks: Vec::new(),
             failures: Vec::new(),
             notes: Vec::new(),
@@ -132,6 +158,26 @@ impl Report {
     pub fn latency(&mut self, key: &str, label: &str, histogram: &Histogram<u64>) -> &mut Report {
         self.latencies
             .push((key.to_string(), label.to_string(), Summary::of(histogram)));
+        self
+    }
+
+    /// Percentiles per window of `width`, the first starting at
+    /// `start_unix_ms`; a window with no sample reports a count of 0.
+    pub fn timeline(
+        &mut self,
+        key: &str,
+        label: &str,
+        width: std::time::Duration,
+        start_unix_ms: u64,
+        windows: &[Histogram<u64>],
+    ) -> &mut Report {
+        self.timelines.push(Timeline {
+            key: key.to_string(),
+            label: label.to_string(),
+            width_ms: width.as_millis() as u64,
+            start_unix_ms,
+            windows: windows.iter().map(Summary::of).collect(),
+        });
         self
     }
 
@@ -172,6 +218,23 @@ impl Report {
                 out.push_str(&format!(
                     "  {:<width$}  {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
                     label, s.count, s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us
+                ));
+            }
+        }
+        for timeline in &self.timelines {
+            out.push_str(&format!(
+                "  {} by {} ms of the run (from unix ms {}), µs:\n",
+                timeline.label, timeline.width_ms, timeline.start_unix_ms
+            ));
+            out.push_str(&format!(
+                "    {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+                "from s", "count", "p50", "p90", "p99", "max"
+            ));
+            for (i, w) in timeline.windows.iter().enumerate() {
+                let from_s = (i as u64 * timeline.width_ms) as f64 / 1000.0;
+                out.push_str(&format!(
+                    "    {:>9.3} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+                    from_s, w.count, w.p50_us, w.p90_us, w.p99_us, w.max_us
                 ));
             }
         }
@@ -221,6 +284,9 @@ impl Report {
         }
         for (key, _, summary) in &self.latencies {
             figures.set(key, summary.to_json());
+        }
+        for timeline in &self.timelines {
+            figures.set(&timeline.key, timeline.to_json());
         }
         record.set("figures", Value::Object(figures));
         record.set("checks", strings(&self.checks));
@@ -337,6 +403,35 @@ mod tests {
             json.contains(r#""ack_latency_us":{"count":1000,"p50":500,"#),
             "{json}"
         );
+        let mut quiet = Histogram::<u64>::new_with_bounds(1, 1_000_000, 2).unwrap();
+        quiet.record(7).unwrap();
+        r.timeline(
+            "deliver_timeline",
+            "send -> deliver",
+            std::time::Duration::from_millis(250),
+            1_700_000_000_000,
+            &[
+                h.clone(),
+                Histogram::new_with_bounds(1, 1_000_000, 2).unwrap(),
+                quiet,
+            ],
+        );
+        let table = r.table();
+        assert!(
+            table.contains("send -> deliver by 250 ms of the run (from unix ms 1700000000000)"),
+            "{table}"
+        );
+        // The empty second window is shown, not skipped: the rows are times.
+        assert!(table.contains("    0.250         0"), "{table}");
+        assert!(table.contains("    0.500         1         7"), "{table}");
+        let json = r.json(1);
+        assert!(
+            json.contains(
+                r#""deliver_timeline":{"width_ms":250,"start_unix_ms":1700000000000,"windows":[{"count":1000,"p50":500,"#
+            ),
+            "{json}"
+        );
+        assert!(json.contains(r#"{"count":0,"p50":0,"#), "{json}");
         r.fail("lost 3 messages");
         assert!(r.table().contains("FAILED"));
         assert!(r.json(1).contains(r#""ok":false"#));

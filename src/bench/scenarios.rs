@@ -93,6 +93,7 @@ impl Context {
             sync_stall_timeout: Duration::from_secs(30),
             psk: self.psk,
             agent: format!("gust-bench/{}", env!("CARGO_PKG_VERSION")),
+            timeline: None,
         }
     }
 
@@ -569,7 +570,8 @@ pub fn chat(args: &ChatArgs) -> Result<Report, String> {
         .param("size_bytes", args.size.max(STAMP_BYTES))
         .param("window", args.window)
         .param("rate_per_s", args.rate)
-        .param("ack_interval_ms", args.ack_interval_ms);
+        .param("ack_interval_ms", args.ack_interval_ms)
+        .param("timeline_ms", args.timeline_ms);
     if requested != n {
         report.notes.push(format!(
             "--connections {requested} rounded down to {n} (pairs)"
@@ -592,13 +594,16 @@ pub fn chat(args: &ChatArgs) -> Result<Report, String> {
     settings.rate_per_s = args.rate;
     settings.size_bytes = args.size.max(STAMP_BYTES);
     settings.ack_interval = Duration::from_millis(args.ack_interval_ms.max(1));
+    settings.timeline = (args.timeline_ms > 0).then(|| Duration::from_millis(args.timeline_ms));
     let pid = cx.server_pid();
+    let settings_timeline = settings.timeline;
     let engine = Engine::start(settings, specs)?;
     let (connected, _, _) = connect_all(&engine, "chat: connect");
     let before = engine.snapshot();
     let cpu_before = pid.and_then(sysinfo::cpu_ticks);
     let own_before = sysinfo::own_cpu_ticks();
     let run_start = Instant::now();
+    let run_start_unix_ms = sysinfo::unix_ms();
     if connected {
         engine.set_phase(Phase::Run);
         wait(
@@ -712,6 +717,15 @@ pub fn chat(args: &ChatArgs) -> Result<Report, String> {
             "connect -> logged_in",
             &result.latencies.connect_us,
         );
+    if let Some(width) = settings_timeline {
+        report.timeline(
+            "deliver_timeline",
+            "send -> deliver",
+            width,
+            run_start_unix_ms,
+            &result.latencies.deliver_timeline,
+        );
+    }
     io_figures(&mut report, &result);
     common_failures(&mut report, &result, true);
     if connected && !drained {

@@ -61,6 +61,14 @@ pub fn mem_total_bytes() -> Option<u64> {
     parse_mem_total_bytes(&std::fs::read_to_string("/proc/meminfo").ok()?)
 }
 
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 pub fn cores() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())

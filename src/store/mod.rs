@@ -174,10 +174,11 @@ const DEDUPE_FILTER_BITS_PER_KEY: f64 = 20.0;
 /// after the writes already queued ahead of it, so it waits behind whatever
 /// piece of a table is in flight. At RocksDB's default, 1 MiB, a memtable
 /// flush (56 MB in ~0.3 s here) made `fdatasync` 4× slower at the p90 for
-/// its duration (2.4 ms against 0.6), and the p99 send→deliver at 100,000
-/// msg/s went from ~18 to ~13 ms at 128 KiB (BENCHMARKS.md, "Commits behind
-/// a flush's writes"). The write-ahead log is not split by it: a commit's
-/// record larger than the buffer is written in one call.
+/// its duration (2.4–2.8 ms against 0.6–0.7); at 128 KiB the p99
+/// send→deliver at 100,000 msg/s fell by about a quarter in three of four
+/// same-hour series (BENCHMARKS.md, "Commits behind a flush's writes"). The
+/// write-ahead log is not split by it: a commit's record larger than the
+/// buffer is written in one call.
 const FILE_WRITE_CHUNK_BYTES: u64 = 128 * 1024;
 
 /// `BatchOp::family` of RocksDB's default family (the counters).

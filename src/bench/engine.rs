@@ -255,8 +255,13 @@ fn histogram() -> Histogram<u64> {
         .unwrap_or_else(|e| unreachable!("constant histogram bounds are valid: {e}"))
 }
 
+/// Most windows a timeline may have: each is a histogram of ~27 KB (two
+/// significant digits over 1 µs .. 1 h) in every generator thread, so 2,000
+/// windows are ~53 MB per thread. `chat` refuses narrower windows up front.
+pub const TIMELINE_WINDOWS_MAX: usize = 2_000;
+
 /// A timeline window's histogram: two significant digits (1 % resolution)
-/// keep each one small, as a long run with narrow windows has thousands.
+/// instead of three make it ~27 KB instead of ~190 KB.
 fn timeline_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_MAX_US, 2)
         .unwrap_or_else(|e| unreachable!("constant histogram bounds are valid: {e}"))
@@ -300,12 +305,14 @@ impl Latencies {
     }
 
     /// Records a delivery `latency_ns` long that arrived `since_run_ns`
-    /// into the run, in windows `width` wide.
+    /// into the run, in windows `width` wide. Anything past the last window
+    /// `TIMELINE_WINDOWS_MAX` allows is counted in it (`chat` sizes the
+    /// windows so that the run and its drain fit).
     fn record_timeline(&mut self, width: Duration, since_run_ns: u64, latency_ns: u64) {
-        let width_ns = (width.as_nanos() as u64).max(1);
-        let Ok(window) = usize::try_from(since_run_ns / width_ns) else {
-            return;
-        };
+        let width_ns = u64::try_from(width.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let window = usize::try_from(since_run_ns / width_ns)
+            .unwrap_or(usize::MAX)
+            .min(TIMELINE_WINDOWS_MAX - 1);
         if window >= self.deliver_timeline.len() {
             self.deliver_timeline
                 .resize_with(window + 1, timeline_histogram);
@@ -1612,12 +1619,19 @@ impl Worker {
             let latency_ns = now.saturating_sub(sent_ns);
             record_ns(&mut self.latencies.deliver_us, latency_ns);
             if let Some(width) = self.settings.timeline {
+                // The receiving worker may not have seen the phase change
+                // yet (this delivery can be what woke it), so it reads the
+                // origin itself. The sender saw Run, stored after the origin,
+                // before sending; should the origin still read 0 here, the
+                // delivery counts in the first window rather than at the
+                // process's age.
                 let run_started_ns = self.shared.run_started_ns.load(Ordering::Acquire);
-                self.latencies.record_timeline(
-                    width,
-                    now.saturating_sub(run_started_ns),
-                    latency_ns,
-                );
+                let since_run_ns = match run_started_ns {
+                    0 => 0,
+                    started => now.saturating_sub(started),
+                };
+                self.latencies
+                    .record_timeline(width, since_run_ns, latency_ns);
             }
         }
         let conn = &mut self.conns[i];
@@ -1810,5 +1824,37 @@ impl Worker {
                 self.fail(i, "sync stalled", detail);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_windows_record_and_merge() {
+        let width = Duration::from_millis(10);
+        let ms = 1_000_000u64;
+        let mut a = Latencies::default();
+        a.record_timeline(width, 0, 2 * ms);
+        a.record_timeline(width, 9 * ms, 3 * ms);
+        a.record_timeline(width, 25 * ms, 40 * ms);
+        let mut b = Latencies::default();
+        b.record_timeline(width, 12 * ms, 5 * ms);
+        b.record_timeline(width, 58 * ms, 7 * ms);
+        // Unequal lengths: the shorter one grows, nothing is dropped.
+        a.merge(&b);
+        let counts: Vec<u64> = a.deliver_timeline.iter().map(|h| h.len()).collect();
+        assert_eq!(counts, [2, 1, 1, 0, 0, 1]);
+        let max_ms: Vec<u64> = a.deliver_timeline.iter().map(|h| h.max() / 1000).collect();
+        assert_eq!(max_ms, [3, 5, 40, 0, 0, 7]);
+        // Past the last window allowed, samples count in it; a width too
+        // large for nanoseconds in a u64 is one window, not a division by 0.
+        let mut far = Latencies::default();
+        far.record_timeline(width, u64::MAX, ms);
+        assert_eq!(far.deliver_timeline.len(), TIMELINE_WINDOWS_MAX);
+        let mut wide = Latencies::default();
+        wide.record_timeline(Duration::from_secs(u64::MAX), 5 * ms, ms);
+        assert_eq!(wide.deliver_timeline.len(), 1);
     }
 }

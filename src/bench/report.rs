@@ -227,14 +227,14 @@ impl Report {
                 timeline.label, timeline.width_ms, timeline.start_unix_ms
             ));
             out.push_str(&format!(
-                "    {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-                "from s", "count", "p50", "p90", "p99", "max"
+                "    {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+                "from s", "count", "p50", "p90", "p99", "p99.9", "max"
             ));
             for (i, w) in timeline.windows.iter().enumerate() {
-                let from_s = (i as u64 * timeline.width_ms) as f64 / 1000.0;
+                let from_s = i as f64 * timeline.width_ms as f64 / 1000.0;
                 out.push_str(&format!(
-                    "    {:>9.3} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-                    from_s, w.count, w.p50_us, w.p90_us, w.p99_us, w.max_us
+                    "    {:>9.3} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+                    from_s, w.count, w.p50_us, w.p90_us, w.p99_us, w.p999_us, w.max_us
                 ));
             }
         }

@@ -16,7 +16,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::cli::{ChatArgs, Common, ConnectArgs, IdleArgs, SyncArgs};
-use super::engine::{ConnSpec, Engine, EngineReport, Phase, Plan, Settings, Snapshot};
+use super::engine::{
+    ConnSpec, Engine, EngineReport, Phase, Plan, Settings, Snapshot, TIMELINE_WINDOWS_MAX,
+};
 use super::payload::STAMP_BYTES;
 use super::report::Report;
 use super::seqcheck::{check_contiguous, compare};
@@ -548,6 +550,7 @@ pub fn chat(args: &ChatArgs) -> Result<Report, String> {
             crate::limits::TEXT_BYTES_MAX
         ));
     }
+    check_timeline(args.timeline_ms, seconds.saturating_add(args.drain_secs))?;
     cx.check_fd_limit(n)?;
     let pool = cx.users(n)?;
     let mode = if args.rate > 0 {
@@ -596,7 +599,7 @@ pub fn chat(args: &ChatArgs) -> Result<Report, String> {
     settings.ack_interval = Duration::from_millis(args.ack_interval_ms.max(1));
     settings.timeline = (args.timeline_ms > 0).then(|| Duration::from_millis(args.timeline_ms));
     let pid = cx.server_pid();
-    let settings_timeline = settings.timeline;
+    let timeline_width = settings.timeline;
     let engine = Engine::start(settings, specs)?;
     let (connected, _, _) = connect_all(&engine, "chat: connect");
     let before = engine.snapshot();
@@ -717,7 +720,7 @@ pub fn chat(args: &ChatArgs) -> Result<Report, String> {
             "connect -> logged_in",
             &result.latencies.connect_us,
         );
-    if let Some(width) = settings_timeline {
+    if let (Some(width), true) = (timeline_width, connected) {
         report.timeline(
             "deliver_timeline",
             "send -> deliver",
@@ -741,6 +744,25 @@ pub fn chat(args: &ChatArgs) -> Result<Report, String> {
     }
     check_pairs(&mut report, &result);
     Ok(report)
+}
+
+/// `--timeline-ms` must leave the run and its drain within
+/// `TIMELINE_WINDOWS_MAX` windows (each is memory in every thread).
+fn check_timeline(width_ms: u64, span_secs: u64) -> Result<(), String> {
+    if width_ms == 0 {
+        return Ok(());
+    }
+    let span_ms = span_secs.saturating_mul(1000);
+    let windows = span_ms.div_ceil(width_ms);
+    if windows > TIMELINE_WINDOWS_MAX as u64 {
+        let narrowest = span_ms.div_ceil(TIMELINE_WINDOWS_MAX as u64);
+        return Err(format!(
+            "--timeline-ms {width_ms} makes {windows} windows over the run and its drain \
+             ({span_secs} s); at most {TIMELINE_WINDOWS_MAX}: use --timeline-ms {narrowest} \
+             or more, or a shorter --seconds or --drain-secs"
+        ));
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -1046,6 +1068,19 @@ fn problems_into(report: &mut Report, problems: Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeline_windows_are_bounded() {
+        assert_eq!(check_timeline(0, 50), Ok(()));
+        // 20 s + 30 s of drain in 25 ms windows: exactly the most allowed.
+        assert_eq!(check_timeline(25, 50), Ok(()));
+        let refused = check_timeline(24, 50).unwrap_err();
+        assert!(
+            refused.contains("use --timeline-ms 25 or more"),
+            "{refused}"
+        );
+        assert!(check_timeline(1, u64::MAX).is_err());
+    }
 
     #[test]
     fn cpu_percent_of_one_core() {

@@ -168,8 +168,9 @@ const FILTER_BITS_PER_KEY: f64 = 10.0;
 /// stay resident, 2.5 bytes per dedupe entry instead of 1.25.
 const DEDUPE_FILTER_BITS_PER_KEY: f64 = 20.0;
 
-/// The largest single write RocksDB makes to a file (its write buffer):
-/// flushes and compactions write their tables in pieces of this size. Every
+/// The largest single write RocksDB makes to a file (its write buffer): with
+/// direct I/O (`--compaction-io direct`, the default) flushes and
+/// compactions write their tables in pieces of this size. Every
 /// commit's `fdatasync` ends in a cache flush that the disk completes only
 /// after the writes already queued ahead of it, so it waits behind whatever
 /// piece of a table is in flight. At RocksDB's default, 1 MiB, a memtable
@@ -177,8 +178,11 @@ const DEDUPE_FILTER_BITS_PER_KEY: f64 = 20.0;
 /// its duration (2.4–2.8 ms against 0.6–0.7); at 128 KiB the p99
 /// send→deliver at 100,000 msg/s fell by about a quarter in three of four
 /// same-hour series (BENCHMARKS.md, "Commits behind a flush's writes"). The
-/// write-ahead log is not split by it: a commit's record larger than the
-/// buffer is written in one call.
+/// write-ahead log goes through the same buffer (never direct I/O; RocksDB
+/// appends it in pieces of at most 32 KiB), so a commit larger than this is
+/// several `write`s into the page cache instead of one: a few system calls
+/// per large commit, with no change to what reaches the disk at
+/// `fdatasync` (window 8, whose commits run to ~800 KB, measured level).
 const FILE_WRITE_CHUNK_BYTES: u64 = 128 * 1024;
 
 /// `BatchOp::family` of RocksDB's default family (the counters).

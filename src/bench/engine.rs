@@ -249,9 +249,13 @@ pub struct Latencies {
 const LATENCY_MAX_US: u64 = 3_600_000_000;
 
 fn histogram() -> Histogram<u64> {
-    // Three significant digits over 1 µs .. 1 h: constant bounds that
-    // hdrhistogram accepts, so this cannot fail.
-    Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
+    histogram_with_digits(3)
+}
+
+/// 1 µs .. 1 h with `digits` significant digits (1..=5): bounds that
+/// hdrhistogram accepts, so this cannot fail.
+fn histogram_with_digits(digits: u8) -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LATENCY_MAX_US, digits)
         .unwrap_or_else(|e| unreachable!("constant histogram bounds are valid: {e}"))
 }
 
@@ -263,8 +267,7 @@ pub const TIMELINE_WINDOWS_MAX: usize = 2_000;
 /// A timeline window's histogram: two significant digits (1 % resolution)
 /// instead of three make it ~27 KB instead of ~190 KB.
 fn timeline_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, LATENCY_MAX_US, 2)
-        .unwrap_or_else(|e| unreachable!("constant histogram bounds are valid: {e}"))
+    histogram_with_digits(2)
 }
 
 impl Default for Latencies {

@@ -46,6 +46,7 @@ pub struct Common {
     pub smoke: bool,
     pub psk_file: Option<String>,
     pub handshake_timeout_secs: u64,
+    pub sched_normal: bool,
 }
 
 macro_rules! scenario_args {
@@ -123,6 +124,13 @@ macro_rules! scenario_args {
             #[argh(option, default = "30")]
             pub handshake_timeout_secs: u64,
 
+            /// keep the worker threads under the default scheduling policy;
+            /// by default they run SCHED_BATCH, so that on a box shared with
+            /// gustd their wake-ups do not preempt its event loop (clients on
+            /// other machines never do)
+            #[argh(switch)]
+            pub sched_normal: bool,
+
             $(
                 $(#[$field_meta])*
                 pub $field: $($ty)*,
@@ -145,6 +153,7 @@ macro_rules! scenario_args {
                     smoke: self.smoke,
                     psk_file: self.psk_file.clone(),
                     handshake_timeout_secs: self.handshake_timeout_secs,
+                    sched_normal: self.sched_normal,
                 }
             }
         }
@@ -277,6 +286,11 @@ mod tests {
         assert_eq!(common.threads, 2);
         assert_eq!(common.target, "127.0.0.1:7700");
         assert_eq!(common.source.as_deref(), Some("127.0.0.2-9"));
+        assert!(!common.sched_normal, "workers run SCHED_BATCH by default");
+        let ScenarioArgs::Chat(chat) = parse(&["chat", "--sched-normal"]).unwrap().scenario else {
+            panic!("not chat");
+        };
+        assert!(chat.common().sched_normal);
     }
 
     #[test]

@@ -135,6 +135,8 @@ pub struct Settings {
     /// Width of the windows of `Latencies::deliver_timeline` (None: no
     /// timeline).
     pub timeline: Option<Duration>,
+    /// Run the workers under SCHED_BATCH (see `use_batch_scheduling`).
+    pub batch_scheduling: bool,
 }
 
 /// Progress counters shared with the main thread. Totals over all workers.
@@ -463,9 +465,17 @@ impl Engine {
                 share,
                 rate_share_per_s,
             );
+            let batch_scheduling = settings.batch_scheduling;
             let handle = std::thread::Builder::new()
                 .name(format!("bench-{id}"))
-                .spawn(move || worker.run())
+                .spawn(move || {
+                    if batch_scheduling {
+                        if let Err(e) = use_batch_scheduling() {
+                            log::warn!("worker {id} keeps the default scheduling: {e}");
+                        }
+                    }
+                    worker.run()
+                })
                 .map_err(|e| format!("spawning a worker: {e}"))?;
             handles.push(handle);
         }
@@ -721,6 +731,25 @@ fn bind_address_no_port(socket: &Socket) {
             (&one as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
+    }
+}
+
+/// Puts the calling thread under SCHED_BATCH: same share of the CPU as
+/// before (same nice level), but its wake-ups no longer preempt the thread
+/// running on that core. On a box it shares with gustd, every worker woken
+/// by a server write otherwise cut into the server's event loop mid-turn:
+/// ~9,000 involuntary switches of gustd's shard a second at 100,000 msg/s
+/// (BENCHMARKS.md), a cost that clients on other machines never impose.
+/// No privilege is needed.
+pub fn use_batch_scheduling() -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a live sched_param
+    // read for the duration of the call.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 

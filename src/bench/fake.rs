@@ -199,6 +199,31 @@ struct ChatRun {
     timeline: Vec<Histogram<u64>>,
 }
 
+/// The scheduling policy of each of this process's engine workers (threads
+/// named `bench-N`), read from the kernel by thread id.
+fn worker_policies() -> Vec<libc::c_int> {
+    let mut policies = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
+        let task = task.expect("a task entry").path();
+        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
+        if !comm.starts_with("bench-") {
+            continue;
+        }
+        let tid: libc::pid_t = task
+            .file_name()
+            .and_then(|name| name.to_str())
+            .and_then(|name| name.parse().ok())
+            .expect("a numeric task id");
+        // SAFETY: reads the policy of a thread by id; no memory is passed.
+        let policy = unsafe { libc::sched_getscheduler(tid) };
+        // -1: the thread ended since the directory was read.
+        if policy >= 0 {
+            policies.push(policy);
+        }
+    }
+    policies
+}
+
 /// One pair (users 1 and 2) chatting for a moment.
 fn chat_against(fault: Fault) -> ChatRun {
     let (target, state) = serve(fault);
@@ -229,11 +254,28 @@ fn chat_against(fault: Fault) -> ChatRun {
         psk: None,
         agent: "test".into(),
         timeline: Some(TIMELINE_WIDTH),
+        batch_scheduling: true,
     };
     let engine = Engine::start(settings, specs).unwrap();
     while engine.snapshot().authenticated < 2 {
         std::thread::sleep(Duration::from_millis(5));
     }
+    // Other tests' engines may be running in this process too, every one
+    // with its workers under SCHED_BATCH, but a worker just spawned sets its
+    // policy a moment after its name: look again until all agree (this
+    // engine's own workers would never).
+    let mut policies = worker_policies();
+    for _ in 0..100 {
+        if policies.len() >= 2 && policies.iter().all(|p| *p == libc::SCHED_BATCH) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        policies = worker_policies();
+    }
+    assert!(
+        policies.len() >= 2 && policies.iter().all(|p| *p == libc::SCHED_BATCH),
+        "the workers run SCHED_BATCH: {policies:?}"
+    );
     // Idle a moment between login and the run, so that a timeline counted
     // from anything but the run's start shows empty windows first.
     std::thread::sleep(4 * TIMELINE_WIDTH);

@@ -96,6 +96,7 @@ impl Context {
             psk: self.psk,
             agent: format!("gust-bench/{}", env!("CARGO_PKG_VERSION")),
             timeline: None,
+            batch_scheduling: !self.common.sched_normal,
         }
     }
 
@@ -112,6 +113,14 @@ impl Context {
             .param("connect_rate_per_s", self.common.connect_rate)
             .param("connect_inflight", self.common.connect_inflight)
             .param("smoke", self.common.smoke)
+            .param(
+                "generator_scheduling",
+                if self.common.sched_normal {
+                    "normal"
+                } else {
+                    "batch"
+                },
+            )
             .param(
                 "cipher",
                 if self.psk.is_some() {

@@ -1,11 +1,12 @@
 //! The storage writer: the single owner of every write, every seq and every
 //! id, and of the routing table that says which connections are online.
 //!
-//! One thread drains everything the shards and hashers have queued (up to
-//! `batch_requests_max`) and applies it to one RocksDB `WriteBatch`; a second
-//! thread, the committer, writes that batch (fsync per the durability
-//! setting) and only then posts its acks and deliveries to the shards: group
-//! commit by construction. Because one thread assigns seqs, a conversation's
+//! One thread drains what the shards and hashers have queued, in chunks, and
+//! applies it to one RocksDB `WriteBatch` (up to `batch_requests_max`
+//! requests); a second thread, the committer, writes that batch (fsync per
+//! the durability setting) and only then posts its acks and deliveries to
+//! the shards: group commit by construction. An idle committer gets the
+//! first chunk at once. Because one thread assigns seqs, a conversation's
 //! seqs are gapless and strictly increasing, and the seq is written in the
 //! same atomic batch as the message.
 //!
@@ -13,10 +14,10 @@
 //! written and fsynced, the writer applies the requests that arrive to the
 //! open batch N+1 (and, once N lands, those that came while it slept), and
 //! hands N+1 over at once. So a request waits for the rest of the write in
-//! progress and then its own: one and a half writes on average. (A writer that seals N+1 early
-//! and sleeps until N lands makes requests arriving meanwhile wait for N+2:
-//! two and a half writes, measured in BENCHMARKS.md.) Batch N+1 is built on
-//! N's in-memory effects, so:
+//! progress and then its own: one and a half writes on average. (A writer
+//! that seals N+1 early and sleeps until N lands makes requests arriving
+//! meanwhile wait for N+2: two and a half writes, measured in
+//! BENCHMARKS.md.) Batch N+1 is built on N's in-memory effects, so:
 //! - it is handed over only once N is known to be durable, and if N failed it
 //!   is refused whole (nothing of it written) and the caches are reread;
 //! - reads that could miss N's not-yet-written keys are answered from memory:
@@ -183,7 +184,7 @@ impl CycleStats {
             let per_cycle = |d: Duration| d.as_micros() as f64 / self.cycles as f64;
             log::debug!(
                 "writer: {} cycles, {:.0} requests per cycle; per cycle {:.0} us applying, \
-                 {:.0} us waiting for the committer, {:.0} us committing \
+                 {:.0} us asleep until the batch in flight landed, {:.0} us committing \
                  (slowest {} us), {:.0} us posting events",
                 self.cycles,
                 self.requests as f64 / self.cycles as f64,
@@ -214,11 +215,11 @@ pub struct Writer {
     /// load consecutive cycles are alike, and regrowing them was measurable.
     last_cycle: CycleSizes,
     stats: CycleStats,
-    /// The requests of the cycle being applied (kept for its capacity).
+    /// The chunk of requests being applied (kept for its capacity).
     drained: Vec<WriterRequest>,
 }
 
-/// A send's stored dedupe entry, looked up before the cycle is applied.
+/// A send's stored dedupe entry, looked up before its chunk is applied.
 type DedupeLookup = Result<Option<DedupeRecord>, StoreError>;
 
 /// Why a request failed, as the client will see it.
@@ -347,12 +348,7 @@ impl Writer {
                 continue;
             }
             let started = Instant::now();
-            if open.is_none() {
-                open = Some(self.new_cycle(pipe));
-            }
-            let Some(cycle) = open.as_mut() else {
-                return;
-            };
+            let cycle = open.get_or_insert_with(|| self.new_cycle(pipe));
             let mut lookups = self.dedupe_lookups(&drained).into_iter();
             let mut shutdown = false;
             for request in drained.drain(..) {
@@ -392,9 +388,10 @@ impl Writer {
     }
 
     /// The stored dedupe entry of every send among `requests`, in order, in
-    /// one batched read. Answers are sound for the whole cycle: the batch in
-    /// flight is not in the store yet, and `send` checks it (and this cycle)
-    /// in memory before it trusts a lookup.
+    /// one batched read. Answers are sound for the whole chunk: the batch in
+    /// flight is not in the store yet and stays in flight while the chunk is
+    /// applied (a landing is learnt only between chunks), and `send` checks
+    /// it (and the open cycle) in memory before it trusts a lookup.
     fn dedupe_lookups(&self, requests: &[WriterRequest]) -> Vec<DedupeLookup> {
         let pairs: Vec<(UserId, u64)> = requests
             .iter()
@@ -462,16 +459,14 @@ impl Writer {
     /// Seals the cycle and hands it to the committer, which is free: the
     /// batch before it is durable.
     fn hand_over(&mut self, mut cycle: Cycle, pipe: &Pipe) {
+        debug_assert!(self.in_flight.is_none(), "a batch is still in flight");
         self.last_cycle = CycleSizes {
             after_commit_per_shard: cycle.after_commit.longest(),
             on_failure: cycle.on_failure.len(),
             sends: cycle.sends.len(),
         };
         self.stats.handed_over(cycle.requests);
-        let immediate = std::mem::take(&mut cycle.immediate);
-        if !immediate.is_empty() {
-            self.sink.post(immediate);
-        }
+        // (Its `immediate` events went out as each chunk was applied.)
         if let Err(e) = self.seal(&mut cycle) {
             self.refuse_cycle(cycle, &e.to_string());
             self.forget_cached_state();
@@ -500,6 +495,8 @@ impl Writer {
         });
     }
 
+    /// Called only when no cycle is open, so that a batch in flight that
+    /// fails while the caches are refilled has nothing built on it to refuse.
     fn new_cycle(&mut self, pipe: &Pipe) -> Cycle {
         let cache_max = self.config.conversation_cache_max;
         let over = |len: usize| len > cache_max;
@@ -534,7 +531,7 @@ impl Writer {
     }
 
     /// Applies one request to the cycle; a send comes with its stored dedupe
-    /// entry, read beforehand for the whole cycle. Returns true on shutdown.
+    /// entry, read beforehand for the whole chunk. Returns true on shutdown.
     fn apply(
         &mut self,
         request: WriterRequest,
@@ -1540,13 +1537,15 @@ mod tests {
         // is applied while that one is written. 104 arrives while the writer
         // sleeps until the disk is done: it must join 103's batch (one
         // write later), not follow it (two writes later).
-        h.script_commits(&[(300, false); 4]);
+        // Writes take 500 ms: 101-103 are queued by 50 ms, 103 is applied
+        // at ~500 ms, and 104 comes at ~750 ms, 250 ms from either edge.
+        h.script_commits(&[(500, false); 4]);
         h.send_as_alice(10, 100);
         std::thread::sleep(Duration::from_millis(50));
         for id in 101..=103 {
             h.send_as_alice(id as u32 - 90, id);
         }
-        std::thread::sleep(Duration::from_millis(350));
+        std::thread::sleep(Duration::from_millis(700));
         h.send_as_alice(14, 104);
         let seqs: Vec<(Seq, u64)> = (0..5)
             .map(|_| h.acked_and_delivered())
@@ -1558,6 +1557,29 @@ mod tests {
             1,
             "100, 101+102 and 103+104: three writes"
         );
+    }
+
+    #[test]
+    fn a_request_arriving_while_a_batch_fails_is_written_afresh() {
+        let h = Harness::with_batches_of(2);
+        // 100 is written slowly and fails; 101 arrives while the writer
+        // sleeps on that write, with nothing applied on top of it. 101 must
+        // not be refused with 100, and must not take a seq after 100's.
+        h.script_commits(&[(300, true)]);
+        h.send_as_alice(10, 100);
+        std::thread::sleep(Duration::from_millis(50));
+        h.send_as_alice(11, 101);
+        let (token, answer) = h.next();
+        assert_eq!(token, 1);
+        assert!(
+            refused(&answer),
+            "a refusal for 100 expected, got {answer:?}"
+        );
+        let ack = h.acked_and_delivered();
+        assert_eq!((ack.seq, ack.client_message_id), (1, 101));
+        h.send_as_alice(12, 100);
+        assert_eq!(h.acked_and_delivered().seq, 2);
+        assert_eq!(h.stored_seqs(ack.conversation_id), vec![1, 2]);
     }
 
     #[test]

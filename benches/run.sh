@@ -115,8 +115,8 @@ else
     # earlier scenario's connections left in the server's allocator; the
     # fixed-rate runs go before the windowed ones, whose millions of
     # messages keep compaction busy for a while and would stretch their
-    # tails. 10,000 clients writing a frame at a time sustain ~45,000 msg/s
-    # here, and the 25,000 run is about half of that; the 1,000-connection
+    # tails. 10,000 clients writing a frame at a time sustain ~60,000 msg/s
+    # here, and the 25,000 run is under half of that; the 1,000-connection
     # run at 50,000 is the latency row of earlier rounds. Windows 8 and 16
     # both run: on a box shared with the generator the rate follows how many
     # frames each socket call carries (BENCHMARKS.md).

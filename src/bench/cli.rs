@@ -55,9 +55,7 @@ pub struct Common {
 /// than two (282,000 against 248,000 msg/s) and lower latency at every
 /// fixed rate (BENCHMARKS.md).
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, |cores| cores.get())
-        .div_ceil(2)
+    super::sysinfo::cores().div_ceil(2)
 }
 
 macro_rules! scenario_args {

@@ -264,16 +264,19 @@ fn chat_against(fault: Fault) -> ChatRun {
     // with its workers under SCHED_BATCH, but a worker just spawned sets its
     // policy a moment after its name: look again until all agree (this
     // engine's own workers would never).
+    let all_batch = |policies: &[libc::c_int]| {
+        policies.len() >= 2 && policies.iter().all(|p| *p == libc::SCHED_BATCH)
+    };
     let mut policies = worker_policies();
     for _ in 0..100 {
-        if policies.len() >= 2 && policies.iter().all(|p| *p == libc::SCHED_BATCH) {
+        if all_batch(&policies) {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
         policies = worker_policies();
     }
     assert!(
-        policies.len() >= 2 && policies.iter().all(|p| *p == libc::SCHED_BATCH),
+        all_batch(&policies),
         "the workers run SCHED_BATCH: {policies:?}"
     );
     // Idle a moment between login and the run, so that a timeline counted

@@ -297,11 +297,7 @@ impl Report {
 
     /// Appends the JSON record to `path`.
     pub fn append_json(&self, path: &Path) -> Result<(), String> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut line = self.json(now);
+        let mut line = self.json(sysinfo::unix_ms() / 1000);
         line.push('\n');
         let mut file = std::fs::OpenOptions::new()
             .create(true)

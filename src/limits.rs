@@ -55,7 +55,7 @@ pub const GROUP_MEMBERS_MAX: usize = 10_000;
 
 /// Write-ahead log kept before a forced flush (512 MiB). Without a bound
 /// RocksDB keeps four times every family's memtable budget (nine families
-/// of two 64 MiB memtables: 4.6 GB): families written rarely (users,
+/// of two or three 64 MiB memtables: 5.1 GB): families written rarely (users,
 /// usernames, sessions, conversations) pin the oldest log file, so no log is ever
 /// deleted until then, and a restart after a crash replays all of it
 /// (measured: 655 MB replayed in 2.1 s on this project's disk). At 512 MiB a
@@ -67,6 +67,32 @@ pub const WAL_BYTES_MAX_DEFAULT: u64 = 512 * 1024 * 1024;
 /// Smallest configurable log bound: below a few memtables' worth, RocksDB
 /// would flush almost every write.
 pub const WAL_BYTES_MAX_FLOOR: u64 = 16 * 1024 * 1024;
+
+/// Memtables of 64 MiB each that the busy families (messages, dedupe) may
+/// hold before RocksDB stops writes; the others keep RocksDB's two. The
+/// third gives a flush running on idle CPU time a whole memtable of slack
+/// before it must compete (`store::background`); it costs 64 MiB per
+/// family only while a flush is behind.
+pub const MEMTABLES_BUSY_FAMILY: u64 = 3;
+
+/// Files in a family's level 0 from which compactions run at normal CPU
+/// priority instead of idle (`store::background`). RocksDB starts a
+/// compaction at 4 and slows writes at 20; every file is one more filter
+/// probe for each dedupe lookup.
+pub const LEVEL0_FILES_COMPETE: u64 = 8;
+
+/// Bytes of compaction owed (RocksDB's estimate) from which compactions run
+/// at normal CPU priority: an eighth of RocksDB's soft limit, where it
+/// starts slowing writes.
+pub const PENDING_COMPACTION_BYTES_COMPETE: u64 = 8 * 1024 * 1024 * 1024;
+
+/// How often the background governor reads RocksDB's backlog. A 64 MiB
+/// memtable takes over a second to fill at the highest rate measured, so
+/// this is ~50 looks per fill.
+pub const BACKGROUND_GOVERNOR_TICK: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How often the governor looks for RocksDB threads it has not seen.
+pub const BACKGROUND_THREADS_RESCAN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Session tokens are 32 random bytes; only their SHA-256 is stored.
 pub const SESSION_TOKEN_LEN: usize = 32;

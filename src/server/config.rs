@@ -15,6 +15,7 @@ use crate::chat::reader::ReaderConfig;
 use crate::chat::writer::WriterConfig;
 use crate::limits;
 use crate::protocol::cipher::PSK_LEN;
+use crate::store::background::BackgroundPriority;
 use crate::store::{CompactionIo, Durability, StoreConfig};
 
 /// gustd: the gust instant-messaging server.
@@ -112,6 +113,12 @@ pub struct Flags {
     #[argh(option, default = "String::from(\"direct\")")]
     pub compaction_io: String,
 
+    /// CPU priority of RocksDB's flushes and compactions: "adaptive"
+    /// (default: idle while they have slack, normal once they fall behind;
+    /// needs CAP_SYS_NICE or LimitNICE=+0, else it stays normal) or "normal"
+    #[argh(option, default = "String::from(\"adaptive\")")]
+    pub background_priority: String,
+
     /// print the version and exit
     #[argh(switch)]
     pub version: bool,
@@ -139,6 +146,7 @@ pub struct Config {
     pub shards: usize,
     pub accept_mode: AcceptMode,
     pub store: StoreConfig,
+    pub background_priority: BackgroundPriority,
     pub log_level: log::LevelFilter,
     pub psk: Option<[u8; PSK_LEN]>,
     pub max_connections: usize,
@@ -261,6 +269,14 @@ impl Config {
                 ("buffered", CompactionIo::Buffered),
             ],
         )?;
+        let background_priority = one_of(
+            "--background-priority",
+            &flags.background_priority,
+            [
+                ("adaptive", BackgroundPriority::Adaptive),
+                ("normal", BackgroundPriority::Normal),
+            ],
+        )?;
         let hashers = flags.hashers.unwrap_or_else(cores).max(1);
         Ok(Config {
             listen: flags.listen,
@@ -272,6 +288,7 @@ impl Config {
                 wal_bytes_max: flags.wal_bytes_max,
                 compaction_io,
             },
+            background_priority,
             log_level,
             psk,
             max_connections: flags.max_connections,
@@ -367,5 +384,15 @@ mod tests {
         assert_eq!(set.store.compaction_io, CompactionIo::Buffered);
         let error = config(&["--compaction-io", "async"]).expect_err("unknown mode");
         assert!(error.contains("--compaction-io"), "{error}");
+    }
+
+    #[test]
+    fn background_priority_defaults_to_adaptive() {
+        let default = config(&[]).expect("defaults are valid");
+        assert_eq!(default.background_priority, BackgroundPriority::Adaptive);
+        let set = config(&["--background-priority", "normal"]).expect("normal is valid");
+        assert_eq!(set.background_priority, BackgroundPriority::Normal);
+        let error = config(&["--background-priority", "idle"]).expect_err("unknown mode");
+        assert!(error.contains("--background-priority"), "{error}");
     }
 }

@@ -13,7 +13,7 @@ pub mod shard;
 pub mod timer;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -25,6 +25,7 @@ use crate::chat::accounts::Accounts;
 use crate::chat::reader::Reader;
 use crate::chat::writer::Writer;
 use crate::chat::{HashJob, ReaderJob, ShardEvent, ShardSink, WriterRequest};
+use crate::store::background::{self, BackgroundPriority};
 use crate::store::Store;
 use config::{AcceptMode, Config};
 use shard::{Inbox, Inboxes, Shard, Shared};
@@ -39,6 +40,8 @@ pub struct Server {
     writer: Option<JoinHandle<()>>,
     readers: Vec<JoinHandle<()>>,
     hashers: Vec<JoinHandle<()>>,
+    /// The background governor (`store::background`), when it runs.
+    governor: Option<(JoinHandle<()>, Arc<AtomicBool>)>,
     writer_tx: mpsc::Sender<WriterRequest>,
     readers_tx: mpsc::Sender<ReaderJob>,
     hashers_tx: mpsc::Sender<HashJob>,
@@ -65,6 +68,8 @@ impl Server {
                 config.data_dir.display()
             )
         })?;
+
+        let governor = start_governor(&store, config.background_priority);
 
         // Bind every shard's listener first: the first bind fixes the port
         // when 0 was asked for, the others share it through SO_REUSEPORT.
@@ -151,6 +156,7 @@ impl Server {
             writer: Some(writer),
             readers,
             hashers,
+            governor,
             writer_tx,
             readers_tx,
             hashers_tx,
@@ -189,9 +195,45 @@ impl Server {
         for reader in self.readers.drain(..) {
             let _ = reader.join();
         }
+        if let Some((governor, stop)) = self.governor.take() {
+            stop.store(true, Ordering::Relaxed);
+            let _ = governor.join();
+        }
         if let Err(e) = self.store.flush() {
             log::error!("flushing the store failed: {e}");
         }
         log::info!("stopped");
+    }
+}
+
+/// Starts the background governor if `--background-priority adaptive` and the
+/// process may put a thread back at normal priority; otherwise RocksDB's
+/// threads stay where RocksDB started them.
+fn start_governor(
+    store: &Store,
+    priority: BackgroundPriority,
+) -> Option<(JoinHandle<()>, Arc<AtomicBool>)> {
+    if priority == BackgroundPriority::Normal {
+        return None;
+    }
+    if !background::can_compete_again() {
+        log::warn!(
+            "flushes and compactions stay at normal CPU priority: running them on idle \
+             time needs CAP_SYS_NICE or an RLIMIT_NICE that allows nice 0 (LimitNICE=+0), \
+             to raise them again when they fall behind"
+        );
+        return None;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let store = store.clone();
+    match background::spawn_governor(move || store.backlog(), stop.clone()) {
+        Ok(handle) => {
+            log::info!("flushes and compactions run on idle CPU time until they fall behind");
+            Some((handle, stop))
+        }
+        Err(e) => {
+            log::warn!("cannot start the background governor: {e}");
+            None
+        }
     }
 }

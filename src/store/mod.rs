@@ -18,6 +18,7 @@
 //! Writes happen only on the storage writer thread, one `WriteBatch` per
 //! cycle (group commit); reads may come from any thread.
 
+pub mod background;
 pub mod keys;
 pub mod mounts;
 pub mod records;
@@ -36,6 +37,7 @@ use serde::Serialize;
 use crate::limits;
 use crate::protocol::body_codec;
 use crate::protocol::{ConversationId, Message, Seq, UserId};
+use background::Backlog;
 use records::*;
 
 const CF_MESSAGES: &str = "messages";
@@ -185,6 +187,13 @@ const DEDUPE_FILTER_BITS_PER_KEY: f64 = 20.0;
 /// `fdatasync` (window 8, whose commits run to ~800 KB, measured level).
 const FILE_WRITE_CHUNK_BYTES: u64 = 128 * 1024;
 
+/// The families written on every send, which get
+/// [`limits::MEMTABLES_BUSY_FAMILY`] memtables.
+const BUSY_FAMILIES: [&str; 2] = [CF_MESSAGES, CF_DEDUPE];
+
+/// RocksDB's own memtable limit per family (`max_write_buffer_number`).
+const ROCKSDB_MEMTABLES_DEFAULT: u64 = 2;
+
 /// `BatchOp::family` of RocksDB's default family (the counters).
 const DEFAULT_FAMILY: u8 = FAMILIES.len() as u8;
 
@@ -248,6 +257,9 @@ impl Store {
             if *name == CF_MESSAGES {
                 family.set_write_buffer_size(64 * 1024 * 1024);
             }
+            if BUSY_FAMILIES.contains(name) {
+                family.set_max_write_buffer_number(limits::MEMTABLES_BUSY_FAMILY as i32);
+            }
             if *name == CF_DEDUPE {
                 // Every send looks its (sender, client id) up and almost
                 // always misses: a memtable bloom filter answers most misses
@@ -278,6 +290,38 @@ impl Store {
             #[cfg(test)]
             commit_script: Arc::default(),
         })
+    }
+
+    /// What RocksDB's flushes and compactions have queued, for the
+    /// background governor (`background.rs`). A family whose figures cannot
+    /// be read counts as idle: the governor then errs towards yielding,
+    /// which the memtable limits still bound.
+    pub fn backlog(&self) -> Backlog {
+        let mut backlog = Backlog::default();
+        for name in FAMILIES {
+            let Ok(cf) = self.family(name) else {
+                continue;
+            };
+            let int = |property: &str| {
+                self.db
+                    .property_int_value_cf(cf, property)
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0)
+            };
+            let limit = if BUSY_FAMILIES.contains(&name) {
+                limits::MEMTABLES_BUSY_FAMILY
+            } else {
+                ROCKSDB_MEMTABLES_DEFAULT
+            };
+            let spare = (limit - 1).saturating_sub(int("rocksdb.num-immutable-mem-table"));
+            backlog.spare_memtables = backlog.spare_memtables.min(spare);
+            backlog.level0_files = backlog.level0_files.max(int("rocksdb.num-files-at-level0"));
+            backlog.pending_compaction_bytes = backlog
+                .pending_compaction_bytes
+                .saturating_add(int("rocksdb.estimate-pending-compaction-bytes"));
+        }
+        backlog
     }
 
     pub fn durability(&self) -> Durability {
@@ -855,6 +899,27 @@ mod tests {
     /// Writes 48 MiB of messages after one member record (a family written
     /// once, which pins the oldest log file) and returns the log bytes left
     /// once background flushes settle.
+    #[test]
+    fn backlog_counts_level0_files_and_spare_memtables() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), Durability::Buffered).expect("open");
+        let fresh = store.backlog();
+        // The small families keep RocksDB's two memtables: one spare.
+        assert_eq!(fresh.spare_memtables, ROCKSDB_MEMTABLES_DEFAULT - 1);
+        assert_eq!(fresh.level0_files, 0);
+        // Three flushes of the messages family, one below RocksDB's trigger
+        // for a level-0 compaction.
+        for seq in 1..=3 {
+            let mut batch = store.batch();
+            batch
+                .put_message(1, seq, Bytes::from_static(b"message"))
+                .expect("put");
+            store.commit(batch).expect("commit");
+            store.flush().expect("flush");
+        }
+        assert_eq!(store.backlog().level0_files, 3);
+    }
+
     fn wal_bytes_after_48_mib(wal_bytes_max: u64) -> u64 {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = StoreConfig {

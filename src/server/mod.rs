@@ -225,8 +225,14 @@ fn start_governor(
         return None;
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let store = store.clone();
-    match background::spawn_governor(move || store.backlog(), stop.clone()) {
+    let (store, watched_store) = (store.clone(), store.clone());
+    let watched = background::Watched {
+        backlog: move || store.backlog(),
+        commit_running_for: move || watched_store.commit_running_for(),
+        threads: background::background_threads,
+    };
+    let governor = background::spawn_governor(watched, stop.clone());
+    match governor {
         Ok(handle) => {
             log::info!("flushes and compactions run on idle CPU time until they fall behind");
             Some((handle, stop))

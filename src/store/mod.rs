@@ -24,7 +24,9 @@ pub mod mounts;
 pub mod records;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rocksdb::{
@@ -113,6 +115,10 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct Store {
     db: Arc<DB>,
     durability: Durability,
+    /// When the commit in flight started, in nanoseconds after `epoch`
+    /// (0: none): read by the background governor without RocksDB's mutex.
+    commit_started_ns: Arc<AtomicU64>,
+    epoch: Instant,
     /// Unit tests script the next commits: each takes the front entry,
     /// sleeps that long (holding the batch in flight while the writer builds
     /// the next), then fails if the flag says so.
@@ -287,39 +293,55 @@ impl Store {
         Ok(Store {
             db: Arc::new(db),
             durability: config.durability,
+            commit_started_ns: Arc::default(),
+            epoch: Instant::now(),
             #[cfg(test)]
             commit_script: Arc::default(),
         })
     }
 
     /// What RocksDB's flushes and compactions have queued, for the
-    /// background governor (`background.rs`). A family whose figures cannot
-    /// be read counts as idle: the governor then errs towards yielding,
-    /// which the memtable limits still bound.
+    /// background governor (`background.rs`). A commit that has run past
+    /// [`limits::COMMIT_STALL_COMPETE`] is reported without reading
+    /// RocksDB's figures, which wait for its mutex: what holds the commit up
+    /// may be a background thread holding that mutex on idle time.
     pub fn backlog(&self) -> Backlog {
-        let mut backlog = Backlog::default();
-        for name in FAMILIES {
-            let Ok(cf) = self.family(name) else {
+        let mut backlog = Backlog {
+            commit_running_for: self.commit_running_for(),
+            ..Backlog::default()
+        };
+        if backlog.commit_running_for >= limits::COMMIT_STALL_COMPETE {
+            return backlog;
+        }
+        let default_family = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME);
+        let families = FAMILIES
+            .iter()
+            .map(|name| (*name, self.family(name).ok()))
+            .chain([(rocksdb::DEFAULT_COLUMN_FAMILY_NAME, default_family)]);
+        for (name, cf) in families {
+            let Some(cf) = cf else {
+                backlog.unreadable = true;
                 continue;
             };
-            let int = |property: &str| {
-                self.db
-                    .property_int_value_cf(cf, property)
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0)
+            let mut int = |property: &str| match self.db.property_int_value_cf(cf, property) {
+                Ok(Some(value)) => value,
+                _ => {
+                    backlog.unreadable = true;
+                    0
+                }
             };
+            let immutable = int("rocksdb.num-immutable-mem-table");
+            let level0 = int("rocksdb.num-files-at-level0");
+            let owed = int("rocksdb.estimate-pending-compaction-bytes");
             let limit = if BUSY_FAMILIES.contains(&name) {
                 limits::MEMTABLES_BUSY_FAMILY
             } else {
                 ROCKSDB_MEMTABLES_DEFAULT
             };
-            let spare = (limit - 1).saturating_sub(int("rocksdb.num-immutable-mem-table"));
+            let spare = (limit - 1).saturating_sub(immutable);
             backlog.spare_memtables = backlog.spare_memtables.min(spare);
-            backlog.level0_files = backlog.level0_files.max(int("rocksdb.num-files-at-level0"));
-            backlog.pending_compaction_bytes = backlog
-                .pending_compaction_bytes
-                .saturating_add(int("rocksdb.estimate-pending-compaction-bytes"));
+            backlog.level0_files = backlog.level0_files.max(level0);
+            backlog.pending_compaction_bytes = backlog.pending_compaction_bytes.max(owed);
         }
         backlog
     }
@@ -613,6 +635,7 @@ impl Store {
     /// Writes the batch atomically, with the WAL synced when the durability
     /// is `Sync`. Only the committer thread calls this.
     pub fn commit(&self, batch: Batch) -> StoreResult<()> {
+        let _running = CommitRunning::start(self);
         #[cfg(test)]
         if let Some((delay, fail)) = self
             .commit_script
@@ -654,6 +677,18 @@ impl Store {
         Ok(())
     }
 
+    /// How long the commit in flight has been running (zero if none).
+    /// Reads no RocksDB state, so it answers while RocksDB's mutex is held.
+    pub fn commit_running_for(&self) -> Duration {
+        match self.commit_started_ns.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            started => {
+                let now = self.epoch.elapsed().as_nanos() as u64;
+                Duration::from_nanos(now.saturating_sub(started))
+            }
+        }
+    }
+
     /// Flushes memtables so the next open does not replay the WAL (shutdown).
     pub fn flush(&self) -> StoreResult<()> {
         self.db.flush_wal(true)?;
@@ -661,6 +696,25 @@ impl Store {
             self.db.flush_cf(self.family(name)?)?;
         }
         Ok(())
+    }
+}
+
+/// Marks a commit as running for [`Store::commit_running_for`] until dropped,
+/// whichever way the commit ends.
+struct CommitRunning<'a>(&'a Store);
+
+impl<'a> CommitRunning<'a> {
+    fn start(store: &'a Store) -> CommitRunning<'a> {
+        // 0 means "none", so a commit in the epoch's first nanosecond is 1.
+        let started_ns = (store.epoch.elapsed().as_nanos() as u64).max(1);
+        store.commit_started_ns.store(started_ns, Ordering::Relaxed);
+        CommitRunning(store)
+    }
+}
+
+impl Drop for CommitRunning<'_> {
+    fn drop(&mut self) {
+        self.0.commit_started_ns.store(0, Ordering::Relaxed);
     }
 }
 
@@ -896,17 +950,54 @@ mod tests {
             .sum()
     }
 
-    /// Writes 48 MiB of messages after one member record (a family written
-    /// once, which pins the oldest log file) and returns the log bytes left
-    /// once background flushes settle.
+    #[test]
+    fn a_running_commit_is_seen_and_reported_as_a_stall() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), Durability::Buffered).expect("open");
+        assert_eq!(store.commit_running_for(), Duration::ZERO);
+        // The scripted commit sleeps inside `commit`, as a write held up by
+        // RocksDB's mutex would.
+        let stall = limits::COMMIT_STALL_COMPETE * 4;
+        store
+            .commit_script
+            .lock()
+            .expect("script")
+            .push_back((stall, false));
+        let committing = {
+            let store = store.clone();
+            std::thread::spawn(move || store.commit(store.batch()))
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let backlog = loop {
+            let backlog = store.backlog();
+            if backlog.commit_running_for >= limits::COMMIT_STALL_COMPETE {
+                break backlog;
+            }
+            assert!(Instant::now() < deadline, "the commit was never seen");
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        for pool in [background::Pool::Flush, background::Pool::Compaction] {
+            assert_eq!(
+                background::standing(&backlog, pool),
+                background::Standing::Compete
+            );
+        }
+        committing.join().expect("thread").expect("commit");
+        assert_eq!(store.commit_running_for(), Duration::ZERO);
+    }
+
     #[test]
     fn backlog_counts_level0_files_and_spare_memtables() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(dir.path(), Durability::Buffered).expect("open");
         let fresh = store.backlog();
+        // Every figure of every family was read (a misspelt property or a
+        // missing family would say otherwise).
+        assert!(!fresh.unreadable);
         // The small families keep RocksDB's two memtables: one spare.
         assert_eq!(fresh.spare_memtables, ROCKSDB_MEMTABLES_DEFAULT - 1);
         assert_eq!(fresh.level0_files, 0);
+        assert_eq!(fresh.commit_running_for, Duration::ZERO);
         // Three flushes of the messages family, one below RocksDB's trigger
         // for a level-0 compaction.
         for seq in 1..=3 {
@@ -920,6 +1011,9 @@ mod tests {
         assert_eq!(store.backlog().level0_files, 3);
     }
 
+    /// Writes 48 MiB of messages after one member record (a family written
+    /// once, which pins the oldest log file) and returns the log bytes left
+    /// once background flushes settle.
     fn wal_bytes_after_48_mib(wal_bytes_max: u64) -> u64 {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = StoreConfig {

@@ -5,13 +5,15 @@
 //! keep busy, a memtable flush (half a core for ~0.4 s every few seconds at
 //! 135,000 msg/s) or a compaction takes a core from the pipeline that every
 //! acknowledgement waits on, and the p99 of those seconds doubles. Under
-//! SCHED_IDLE they run only on CPU time nothing else wants; at 135,000
-//! msg/s that cut the p99 by about a quarter (BENCHMARKS.md, "Flushes and
-//! compactions on idle time"). But a box with no idle time at all would
-//! starve them: the memtables fill and RocksDB stalls every write for a
-//! second. So a governor thread watches the backlog and puts a pool back at
-//! normal priority while its work is close to holding up writes, and idle
-//! again once it is not.
+//! SCHED_IDLE they run only on CPU time nothing else wants: at 135,000–
+//! 150,000 msg/s the p99 fell 10–25 % and window 8 rose 5–10 %
+//! (BENCHMARKS.md, "Flushes and compactions on idle time"). But a box with
+//! no idle time at all would starve them: the memtables fill and RocksDB
+//! stalls every write for a second. So a governor thread watches the
+//! backlog and puts a pool back at normal priority while its work is close
+//! to holding up writes, and idle again once it is not; and a watchdog
+//! raises them all when a commit stalls, in case one holds RocksDB's mutex
+//! while it waits for idle time.
 //!
 //! Going back from SCHED_IDLE needs CAP_SYS_NICE or an RLIMIT_NICE that
 //! allows nice 0 (`LimitNICE=+0` in the systemd unit). Without either the

@@ -69,8 +69,6 @@ impl Server {
             )
         })?;
 
-        let governor = start_governor(&store, config.background_priority);
-
         // Bind every shard's listener first: the first bind fixes the port
         // when 0 was asked for, the others share it through SO_REUSEPORT.
         let mut polls = Vec::new();
@@ -140,6 +138,8 @@ impl Server {
                     .map_err(|e| e.to_string())?,
             );
         }
+        // Last: nothing after it can fail and leave it running.
+        let governor = start_governor(&store, config.background_priority);
         log::info!(
             "gustd {} listening on {addr} with {} shards, data in {}, durability {:?}",
             env!("CARGO_PKG_VERSION"),

@@ -2,7 +2,7 @@
 //! slack, at normal priority once they fall behind.
 //!
 //! On a box whose cores the shards, the storage writer and the committer
-//! keep busy, a memtable flush (half a core for ~0.4 s every few seconds at
+//! keep busy, a memtable flush (~0.4 s of CPU every few seconds at
 //! 135,000 msg/s) or a compaction takes a core from the pipeline that every
 //! acknowledgement waits on, and the p99 of those seconds doubles. Under
 //! SCHED_IDLE they run only on CPU time nothing else wants: at 135,000–
@@ -123,7 +123,7 @@ impl Default for Backlog {
 /// or [`limits::PENDING_COMPACTION_BYTES_COMPETE`] owed. (A flush installs
 /// its result through the same queue and mutex as a compaction, so it can
 /// wait behind an idle one; making compactions compete whenever flushes do
-/// cost 2–4 % of the window-8 rate, so that case is left to the commit
+/// cost ~2 % of the window-8 rate (0.9–3.9 %), so that case is left to the commit
 /// watchdog of [`spawn_governor`], which catches it once writes wait.)
 ///
 /// Both compete while a commit has run for
@@ -310,8 +310,9 @@ fn watch_commits(
             rescues += 1;
         }
         if rescues > 0 && reported.elapsed() >= Duration::from_secs(5) {
-            log::debug!(
-                "background: {rescues} commits stalled past {:?} in 5 s",
+            log::info!(
+                "background: RocksDB's threads raised {rescues} times for commits stalled past {:?} \
+                 since the last report",
                 limits::COMMIT_STALL_COMPETE
             );
             rescues = 0;
@@ -344,13 +345,15 @@ fn govern(
             }
         }
         let now = backlog();
-        if rescued.load(Ordering::Relaxed) {
-            // The watchdog moved every thread to normal priority.
+        if rescued.swap(false, Ordering::Relaxed) {
+            // The watchdog moved every thread to normal priority; the hold
+            // keeps them there. Each is set again below (forgetting what was
+            // set): this tick may have idled one just after the watchdog
+            // raised it.
             held_until = Some(Instant::now() + limits::COMMIT_STALL_HOLD);
             for (_, _, current) in threads.iter_mut() {
-                *current = Some(Standing::Compete);
+                *current = None;
             }
-            rescued.store(false, Ordering::Relaxed);
         }
         let held = held_until.is_some_and(|until| Instant::now() < until);
         for (tid, pool, current) in threads.iter_mut() {
@@ -375,7 +378,7 @@ fn govern(
         }
         if reported.elapsed() >= Duration::from_secs(5) && changes != [0, 0] {
             log::debug!(
-                "background: flush threads moved {} times, compaction threads {} times in 5 s",
+                "background: flush threads moved {} times, compaction threads {} times since the last report",
                 changes[0],
                 changes[1]
             );

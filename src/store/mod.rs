@@ -700,21 +700,30 @@ impl Store {
 }
 
 /// Marks a commit as running for [`Store::commit_running_for`] until dropped,
-/// whichever way the commit ends.
-struct CommitRunning<'a>(&'a Store);
+/// whichever way the commit ends. (Only the committer thread commits; were
+/// another to, each guard clears only its own mark.)
+struct CommitRunning<'a> {
+    store: &'a Store,
+    started_ns: u64,
+}
 
 impl<'a> CommitRunning<'a> {
     fn start(store: &'a Store) -> CommitRunning<'a> {
         // 0 means "none", so a commit in the epoch's first nanosecond is 1.
         let started_ns = (store.epoch.elapsed().as_nanos() as u64).max(1);
         store.commit_started_ns.store(started_ns, Ordering::Relaxed);
-        CommitRunning(store)
+        CommitRunning { store, started_ns }
     }
 }
 
 impl Drop for CommitRunning<'_> {
     fn drop(&mut self) {
-        self.0.commit_started_ns.store(0, Ordering::Relaxed);
+        let _ = self.store.commit_started_ns.compare_exchange(
+            self.started_ns,
+            0,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 }
 

@@ -86,20 +86,21 @@ pub const LEVEL0_FILES_COMPETE: u64 = 8;
 /// starts slowing writes.
 pub const PENDING_COMPACTION_BYTES_COMPETE: u64 = 8 * 1024 * 1024 * 1024;
 
-/// A commit running this long makes every RocksDB background thread
-/// compete (`store::background`): a thread holding RocksDB's mutex on idle
-/// time may be what holds it up. Commits here take ~1–2 ms at 135,000
+/// A call on the write path (a commit, or the storage writer's dedupe
+/// lookup) running this long makes every RocksDB background thread compete
+/// (`store::background`): a thread holding RocksDB's mutex on idle time may
+/// be what holds it up. Lookups take well under a millisecond. Commits take ~1–2 ms at 135,000
 /// msg/s and 4–6 ms at window 8 (batches of ~2,500 requests), the slowest
 /// of each 5 s 15–35 ms at window 8: it fires about once a run there.
-pub const COMMIT_STALL_COMPETE: std::time::Duration = std::time::Duration::from_millis(25);
+pub const WRITE_PATH_STALL_COMPETE: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// How long every RocksDB background thread stays at normal priority after
-/// a stalled commit (`COMMIT_STALL_COMPETE`).
-pub const COMMIT_STALL_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
+/// a stalled write-path call (`WRITE_PATH_STALL_COMPETE`).
+pub const WRITE_PATH_STALL_HOLD: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// How often the commit watchdog looks at the commit in flight (it reads an
-/// atomic, nothing of RocksDB's).
-pub const COMMIT_WATCH_TICK: std::time::Duration = std::time::Duration::from_millis(5);
+/// How often the write-path watchdog looks at the calls in flight (it reads
+/// atomics, nothing of RocksDB's).
+pub const WRITE_PATH_WATCH_TICK: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// How often the background governor reads RocksDB's backlog. A 64 MiB
 /// memtable takes over a second to fill at the highest rate measured, so

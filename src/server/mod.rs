@@ -228,7 +228,7 @@ fn start_governor(
     let (store, watched_store) = (store.clone(), store.clone());
     let watched = background::Watched {
         backlog: move || store.backlog(),
-        commit_running_for: move || watched_store.commit_running_for(),
+        write_path_busy_for: move || watched_store.write_path_busy_for(),
         threads: background::background_threads,
     };
     let governor = background::spawn_governor(watched, stop.clone());

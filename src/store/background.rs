@@ -86,10 +86,11 @@ pub struct Backlog {
     /// RocksDB's estimate of the bytes compactions owe, in the family that
     /// owes most (RocksDB's own limits are per family).
     pub pending_compaction_bytes: u64,
-    /// How long the commit in flight has been running. A background thread
-    /// that holds RocksDB's mutex while it waits for idle time holds up
-    /// every write that needs the mutex too; a commit this slow is the sign.
-    pub commit_running_for: Duration,
+    /// How long the oldest call on the write path in flight (the commit,
+    /// or the storage writer's dedupe lookup) has been running. A background
+    /// thread that holds RocksDB's mutex while it waits for idle time holds
+    /// up every call that needs the mutex too; a call this slow is the sign.
+    pub write_path_busy_for: Duration,
     /// Some figure could not be read: the governor then assumes the worst.
     pub unreadable: bool,
 }
@@ -101,7 +102,7 @@ impl Default for Backlog {
             spare_memtables: limits::MEMTABLES_BUSY_FAMILY - 1,
             level0_files: 0,
             pending_compaction_bytes: 0,
-            commit_running_for: Duration::ZERO,
+            write_path_busy_for: Duration::ZERO,
             unreadable: false,
         }
     }
@@ -123,14 +124,14 @@ impl Default for Backlog {
 /// or [`limits::PENDING_COMPACTION_BYTES_COMPETE`] owed. (A flush installs
 /// its result through the same queue and mutex as a compaction, so it can
 /// wait behind an idle one; making compactions compete whenever flushes do
-/// cost ~2 % of the window-8 rate (0.9–3.9 %), so that case is left to the commit
+/// cost ~2 % of the window-8 rate (0.9–3.9 %), so that case is left to the
 /// watchdog of [`spawn_governor`], which catches it once writes wait.)
 ///
-/// Both compete while a commit has run for
-/// [`limits::COMMIT_STALL_COMPETE`], and while the figures cannot be read.
+/// Both compete while a call on the write path has run for
+/// [`limits::WRITE_PATH_STALL_COMPETE`], and while the figures cannot be read.
 pub fn standing(backlog: &Backlog, pool: Pool) -> Standing {
     let everything =
-        backlog.unreadable || backlog.commit_running_for >= limits::COMMIT_STALL_COMPETE;
+        backlog.unreadable || backlog.write_path_busy_for >= limits::WRITE_PATH_STALL_COMPETE;
     let behind = everything
         || match pool {
             Pool::Flush => backlog.spare_memtables == 0,
@@ -233,11 +234,12 @@ pub fn has_cap_sys_nice() -> bool {
 const CAP_SYS_NICE: u32 = 23;
 
 /// What the governor reads: RocksDB's backlog (which waits for RocksDB's
-/// mutex), how long the commit in flight has run (which does not), and the
+/// mutex), how long the oldest write-path call in flight has run (which
+/// does not: [`crate::store::Store::write_path_busy_for`]), and the
 /// threads to govern ([`background_threads`] in gustd).
 pub struct Watched<B, C, T> {
     pub backlog: B,
-    pub commit_running_for: C,
+    pub write_path_busy_for: C,
     pub threads: T,
 }
 
@@ -246,14 +248,16 @@ pub struct Watched<B, C, T> {
 /// pool's threads where [`standing`] says. Threads are looked up again every
 /// [`limits::BACKGROUND_THREADS_RESCAN`].
 ///
-/// Beside it a watchdog looks at the commit in flight every
-/// [`limits::COMMIT_WATCH_TICK`], reading nothing that takes RocksDB's
+/// Beside it a watchdog looks at the write path every
+/// [`limits::WRITE_PATH_WATCH_TICK`], reading nothing that takes RocksDB's
 /// mutex. A background thread that takes the mutex and is then left waiting
-/// for idle time holds up the commit and the governor's own reads (measured:
-/// a 390 ms stall before the watchdog); once a commit has run for
-/// [`limits::COMMIT_STALL_COMPETE`] the watchdog puts every background
-/// thread at normal priority, and the governor keeps them there for
-/// [`limits::COMMIT_STALL_HOLD`].
+/// for idle time holds up the commit, the storage writer's lookups and the
+/// governor's own reads (stalls of 125–390 ms were measured, each with an
+/// idle compaction or flush starting); once a call on the write path has
+/// run for [`limits::WRITE_PATH_STALL_COMPETE`] the watchdog puts every
+/// background thread at normal priority, again at every look while the call
+/// lasts, and the governor keeps them there for
+/// [`limits::WRITE_PATH_STALL_HOLD`].
 pub fn spawn_governor<B, C, T>(
     watched: Watched<B, C, T>,
     stop: Arc<AtomicBool>,
@@ -269,17 +273,17 @@ where
             let rescued = AtomicBool::new(false);
             std::thread::scope(|scope| {
                 let watchdog = std::thread::Builder::new()
-                    .name("gust-commit-watch".into())
+                    .name("gust-write-watch".into())
                     .spawn_scoped(scope, || {
-                        watch_commits(
-                            &watched.commit_running_for,
+                        watch_write_path(
+                            &watched.write_path_busy_for,
                             &watched.threads,
                             &rescued,
                             &stop,
                         )
                     });
                 if let Err(e) = watchdog {
-                    log::warn!("cannot start the commit watchdog: {e}");
+                    log::warn!("cannot start the write-path watchdog: {e}");
                 }
                 govern(&watched.backlog, &watched.threads, &rescued, &stop);
             });
@@ -292,33 +296,42 @@ where
         })
 }
 
-fn watch_commits(
-    commit_running_for: &impl Fn() -> Duration,
+fn watch_write_path(
+    write_path_busy_for: &impl Fn() -> Duration,
     find_threads: &impl Fn() -> Vec<(i32, Pool)>,
     rescued: &AtomicBool,
     stop: &AtomicBool,
 ) {
     let mut rescues = 0u64;
     let mut reported = Instant::now();
+    let mut stalled = false;
     while !stop.load(Ordering::Relaxed) {
-        if commit_running_for() >= limits::COMMIT_STALL_COMPETE && !rescued.load(Ordering::Relaxed)
-        {
+        if write_path_busy_for() >= limits::WRITE_PATH_STALL_COMPETE {
+            // Raised again at every look while the call stays stalled:
+            // the governor may have idled a thread between reading the
+            // backlog and seeing the flag, and then be stuck behind the
+            // very mutex that thread holds.
             for (tid, _) in find_threads() {
                 let _ = set_standing(tid, Standing::Compete);
             }
             rescued.store(true, Ordering::Relaxed);
-            rescues += 1;
+            if !stalled {
+                rescues += 1;
+            }
+            stalled = true;
+        } else {
+            stalled = false;
         }
         if rescues > 0 && reported.elapsed() >= Duration::from_secs(5) {
             log::info!(
-                "background: RocksDB's threads raised {rescues} times for commits stalled past {:?} \
-                 since the last report",
-                limits::COMMIT_STALL_COMPETE
+                "background: {rescues} write-path calls stalled past {:?} since the last report; \
+                 RocksDB's threads raised for each",
+                limits::WRITE_PATH_STALL_COMPETE
             );
             rescues = 0;
             reported = Instant::now();
         }
-        std::thread::sleep(limits::COMMIT_WATCH_TICK);
+        std::thread::sleep(limits::WRITE_PATH_WATCH_TICK);
     }
 }
 
@@ -350,12 +363,15 @@ fn govern(
             // keeps them there. Each is set again below (forgetting what was
             // set): this tick may have idled one just after the watchdog
             // raised it.
-            held_until = Some(Instant::now() + limits::COMMIT_STALL_HOLD);
+            held_until = Some(Instant::now() + limits::WRITE_PATH_STALL_HOLD);
             for (_, _, current) in threads.iter_mut() {
                 *current = None;
             }
         }
-        let held = held_until.is_some_and(|until| Instant::now() < until);
+        // Still held if the watchdog raised them again since the flag was
+        // read above.
+        let held = held_until.is_some_and(|until| Instant::now() < until)
+            || rescued.load(Ordering::Relaxed);
         for (tid, pool, current) in threads.iter_mut() {
             let wanted = if held {
                 Standing::Compete
@@ -431,7 +447,7 @@ mod tests {
     #[test]
     fn a_stalled_commit_or_unreadable_figures_make_everything_compete() {
         let stalled = Backlog {
-            commit_running_for: limits::COMMIT_STALL_COMPETE,
+            write_path_busy_for: limits::WRITE_PATH_STALL_COMPETE,
             ..Backlog::default()
         };
         let unreadable = Backlog {
@@ -439,7 +455,7 @@ mod tests {
             ..Backlog::default()
         };
         let slow = Backlog {
-            commit_running_for: limits::COMMIT_STALL_COMPETE - Duration::from_micros(1),
+            write_path_busy_for: limits::WRITE_PATH_STALL_COMPETE - Duration::from_micros(1),
             ..Backlog::default()
         };
         for pool in [Pool::Flush, Pool::Compaction] {
@@ -539,7 +555,7 @@ mod tests {
             // process are left alone.
             let watched = Watched {
                 backlog: move || *backlog.lock().unwrap(),
-                commit_running_for: || Duration::ZERO,
+                write_path_busy_for: || Duration::ZERO,
                 threads: move || vec![(tid, Pool::Flush)],
             };
             spawn_governor(watched, stop.clone()).unwrap()
@@ -577,7 +593,7 @@ mod tests {
                     let _held = mutex.lock().unwrap();
                     Backlog::default()
                 },
-                commit_running_for: move || {
+                write_path_busy_for: move || {
                     Duration::from_millis(stalled_ms.load(Ordering::Relaxed))
                 },
                 threads: move || vec![(tid, Pool::Compaction)],
@@ -586,7 +602,7 @@ mod tests {
         };
         wait_for_policy(tid, libc::SCHED_IDLE);
         let held = mutex.lock().unwrap();
-        let stall = limits::COMMIT_STALL_COMPETE.as_millis() as u64 * 2;
+        let stall = limits::WRITE_PATH_STALL_COMPETE.as_millis() as u64 * 2;
         stalled_ms.store(stall, Ordering::Relaxed);
         wait_for_policy(tid, libc::SCHED_OTHER);
         stalled_ms.store(0, Ordering::Relaxed);
@@ -595,7 +611,7 @@ mod tests {
         wait_for_policy(tid, libc::SCHED_IDLE);
         // Not before the hold ran out (counted from when the governor saw
         // the rescue, which is after the release).
-        assert!(released.elapsed() >= limits::COMMIT_STALL_HOLD);
+        assert!(released.elapsed() >= limits::WRITE_PATH_STALL_HOLD);
         stop.store(true, Ordering::Relaxed);
         governor.join().unwrap();
         assert_eq!(policy_of(tid).unwrap(), libc::SCHED_OTHER);

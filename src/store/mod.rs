@@ -115,9 +115,10 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub struct Store {
     db: Arc<DB>,
     durability: Durability,
-    /// When the commit in flight started, in nanoseconds after `epoch`
-    /// (0: none): read by the background governor without RocksDB's mutex.
-    commit_started_ns: Arc<AtomicU64>,
+    /// When each call on the write path in flight started (the commit, and
+    /// the storage writer's dedupe lookup), in nanoseconds after `epoch`, 0
+    /// for none: read by the background governor without RocksDB's mutex.
+    write_path_started_ns: Arc<[AtomicU64; WRITE_PATH_CALLS]>,
     epoch: Instant,
     /// Unit tests script the next commits: each takes the front entry,
     /// sleeps that long (holding the batch in flight while the writer builds
@@ -293,7 +294,7 @@ impl Store {
         Ok(Store {
             db: Arc::new(db),
             durability: config.durability,
-            commit_started_ns: Arc::default(),
+            write_path_started_ns: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
             epoch: Instant::now(),
             #[cfg(test)]
             commit_script: Arc::default(),
@@ -301,16 +302,16 @@ impl Store {
     }
 
     /// What RocksDB's flushes and compactions have queued, for the
-    /// background governor (`background.rs`). A commit that has run past
-    /// [`limits::COMMIT_STALL_COMPETE`] is reported without reading
-    /// RocksDB's figures, which wait for its mutex: what holds the commit up
+    /// background governor (`background.rs`). A write-path call that has run
+    /// past [`limits::WRITE_PATH_STALL_COMPETE`] is reported without reading
+    /// RocksDB's figures, which wait for its mutex: what holds the call up
     /// may be a background thread holding that mutex on idle time.
     pub fn backlog(&self) -> Backlog {
         let mut backlog = Backlog {
-            commit_running_for: self.commit_running_for(),
+            write_path_busy_for: self.write_path_busy_for(),
             ..Backlog::default()
         };
-        if backlog.commit_running_for >= limits::COMMIT_STALL_COMPETE {
+        if backlog.write_path_busy_for >= limits::WRITE_PATH_STALL_COMPETE {
             return backlog;
         }
         let default_family = self.db.cf_handle(rocksdb::DEFAULT_COLUMN_FAMILY_NAME);
@@ -499,6 +500,7 @@ impl Store {
         if pairs.is_empty() {
             return Vec::new();
         }
+        let _running = WritePathCall::start(self, WRITE_PATH_DEDUPE_LOOKUP);
         let cf = match self.family(CF_DEDUPE) {
             Ok(cf) => cf,
             Err(_) => {
@@ -635,7 +637,7 @@ impl Store {
     /// Writes the batch atomically, with the WAL synced when the durability
     /// is `Sync`. Only the committer thread calls this.
     pub fn commit(&self, batch: Batch) -> StoreResult<()> {
-        let _running = CommitRunning::start(self);
+        let _running = WritePathCall::start(self, WRITE_PATH_COMMIT);
         #[cfg(test)]
         if let Some((delay, fail)) = self
             .commit_script
@@ -677,15 +679,22 @@ impl Store {
         Ok(())
     }
 
-    /// How long the commit in flight has been running (zero if none).
+    /// How long the oldest call on the write path in flight (a commit, or
+    /// the storage writer's dedupe lookup) has been running; zero if none.
     /// Reads no RocksDB state, so it answers while RocksDB's mutex is held.
-    pub fn commit_running_for(&self) -> Duration {
-        match self.commit_started_ns.load(Ordering::Relaxed) {
-            0 => Duration::ZERO,
-            started => {
-                let now = self.epoch.elapsed().as_nanos() as u64;
-                Duration::from_nanos(now.saturating_sub(started))
-            }
+    /// Both calls can wait for that mutex: a commit when it switches
+    /// memtables, a lookup when it takes the newest version of the tree.
+    pub fn write_path_busy_for(&self) -> Duration {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let oldest = self
+            .write_path_started_ns
+            .iter()
+            .map(|started| started.load(Ordering::Relaxed))
+            .filter(|started| *started != 0)
+            .min();
+        match oldest {
+            None => Duration::ZERO,
+            Some(started) => Duration::from_nanos(now.saturating_sub(started)),
         }
     }
 
@@ -699,31 +708,38 @@ impl Store {
     }
 }
 
-/// Marks a commit as running for [`Store::commit_running_for`] until dropped,
-/// whichever way the commit ends. (Only the committer thread commits; were
-/// another to, each guard clears only its own mark.)
-struct CommitRunning<'a> {
-    store: &'a Store,
+/// The calls on the write path that [`Store::write_path_busy_for`] watches.
+const WRITE_PATH_CALLS: usize = 2;
+const WRITE_PATH_COMMIT: usize = 0;
+const WRITE_PATH_DEDUPE_LOOKUP: usize = 1;
+
+/// Marks a write-path call as running for [`Store::write_path_busy_for`]
+/// until dropped, whichever way the call ends. (Each kind has one caller,
+/// the committer or the storage writer; were there another, each guard
+/// clears only its own mark.)
+struct WritePathCall<'a> {
+    started: &'a AtomicU64,
     started_ns: u64,
 }
 
-impl<'a> CommitRunning<'a> {
-    fn start(store: &'a Store) -> CommitRunning<'a> {
-        // 0 means "none", so a commit in the epoch's first nanosecond is 1.
+impl<'a> WritePathCall<'a> {
+    fn start(store: &'a Store, call: usize) -> WritePathCall<'a> {
+        // 0 means "none", so a call in the epoch's first nanosecond is 1.
         let started_ns = (store.epoch.elapsed().as_nanos() as u64).max(1);
-        store.commit_started_ns.store(started_ns, Ordering::Relaxed);
-        CommitRunning { store, started_ns }
+        let started = &store.write_path_started_ns[call];
+        started.store(started_ns, Ordering::Relaxed);
+        WritePathCall {
+            started,
+            started_ns,
+        }
     }
 }
 
-impl Drop for CommitRunning<'_> {
+impl Drop for WritePathCall<'_> {
     fn drop(&mut self) {
-        let _ = self.store.commit_started_ns.compare_exchange(
-            self.started_ns,
-            0,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        let _ =
+            self.started
+                .compare_exchange(self.started_ns, 0, Ordering::Relaxed, Ordering::Relaxed);
     }
 }
 
@@ -963,10 +979,10 @@ mod tests {
     fn a_running_commit_is_seen_and_reported_as_a_stall() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(dir.path(), Durability::Buffered).expect("open");
-        assert_eq!(store.commit_running_for(), Duration::ZERO);
+        assert_eq!(store.write_path_busy_for(), Duration::ZERO);
         // The scripted commit sleeps inside `commit`, as a write held up by
         // RocksDB's mutex would.
-        let stall = limits::COMMIT_STALL_COMPETE * 4;
+        let stall = limits::WRITE_PATH_STALL_COMPETE * 4;
         store
             .commit_script
             .lock()
@@ -979,7 +995,7 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         let backlog = loop {
             let backlog = store.backlog();
-            if backlog.commit_running_for >= limits::COMMIT_STALL_COMPETE {
+            if backlog.write_path_busy_for >= limits::WRITE_PATH_STALL_COMPETE {
                 break backlog;
             }
             assert!(Instant::now() < deadline, "the commit was never seen");
@@ -992,7 +1008,7 @@ mod tests {
             );
         }
         committing.join().expect("thread").expect("commit");
-        assert_eq!(store.commit_running_for(), Duration::ZERO);
+        assert_eq!(store.write_path_busy_for(), Duration::ZERO);
     }
 
     #[test]
@@ -1006,7 +1022,7 @@ mod tests {
         // The small families keep RocksDB's two memtables: one spare.
         assert_eq!(fresh.spare_memtables, ROCKSDB_MEMTABLES_DEFAULT - 1);
         assert_eq!(fresh.level0_files, 0);
-        assert_eq!(fresh.commit_running_for, Duration::ZERO);
+        assert_eq!(fresh.write_path_busy_for, Duration::ZERO);
         // Three flushes of the messages family, one below RocksDB's trigger
         // for a level-0 compaction.
         for seq in 1..=3 {

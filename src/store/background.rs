@@ -12,8 +12,9 @@
 //! stalls every write for a second. So a governor thread watches the
 //! backlog and puts a pool back at normal priority while its work is close
 //! to holding up writes, and idle again once it is not; and a watchdog
-//! raises them all when a commit stalls, in case one holds RocksDB's mutex
-//! while it waits for idle time.
+//! raises them all when the write path stalls (a commit, or the storage
+//! writer's dedupe lookup), in case one holds RocksDB's mutex while it
+//! waits for idle time.
 //!
 //! Going back from SCHED_IDLE needs CAP_SYS_NICE or an RLIMIT_NICE that
 //! allows nice 0 (`LimitNICE=+0` in the systemd unit). Without either the

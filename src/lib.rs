@@ -5,6 +5,7 @@
 //! - [`chat`]: domain logic (accounts, chat, sync), free of sockets.
 //! - [`store`]: the RocksDB store behind a narrow interface.
 //! - [`server`]: shards, connections, timers, configuration.
+//! - [`threads`]: this process's threads by name, and their scheduling policy.
 //!
 //! `chat`, `store` and `server` need the `server` feature (RocksDB); the
 //! protocol and the client build without it.
@@ -20,3 +21,5 @@ pub mod protocol;
 pub mod server;
 #[cfg(feature = "server")]
 pub mod store;
+#[cfg(any(feature = "bench", feature = "server"))]
+pub mod threads;

@@ -89,9 +89,10 @@ pub const PENDING_COMPACTION_BYTES_COMPETE: u64 = 8 * 1024 * 1024 * 1024;
 /// A call on the write path (a commit, or the storage writer's dedupe
 /// lookup) running this long makes every RocksDB background thread compete
 /// (`store::background`): a thread holding RocksDB's mutex on idle time may
-/// be what holds it up. Lookups take well under a millisecond. Commits take ~1–2 ms at 135,000
-/// msg/s and 4–6 ms at window 8 (batches of ~2,500 requests), the slowest
-/// of each 5 s 15–35 ms at window 8: it fires about once a run there.
+/// be what holds it up. Lookups take well under a millisecond; commits
+/// ~1–2 ms at 135,000 msg/s and 4–6 ms at window 8 (batches of ~2,500
+/// requests), the slowest of each 5 s 15–35 ms at window 8: it fires about
+/// once a run there.
 pub const WRITE_PATH_STALL_COMPETE: std::time::Duration = std::time::Duration::from_millis(25);
 
 /// How long every RocksDB background thread stays at normal priority after

@@ -3,37 +3,22 @@
 
 mod common;
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::TestServer;
 use gust::store::background;
+use gust::threads;
 
-/// Scheduling policy of every RocksDB thread of `pid`: (name, policy), the
-/// policy from field 41 of `/proc/PID/task/TID/stat`.
+/// Scheduling policy of every RocksDB thread of `pid`: (name, policy).
 fn rocksdb_threads(pid: i32) -> Vec<(String, i32)> {
-    let mut threads = Vec::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
-        let path = entry.expect("task").path();
-        let (Ok(comm), Ok(stat)) = (
-            std::fs::read_to_string(path.join("comm")),
-            std::fs::read_to_string(path.join("stat")),
-        ) else {
-            continue;
-        };
-        let comm = comm.trim().to_string();
-        if !comm.starts_with("rocksdb:") {
-            continue;
-        }
-        // Fields after the parenthesised name start at field 3.
-        let after_name = stat.rsplit_once(')').expect("stat has a name").1;
-        let policy = after_name
-            .split_whitespace()
-            .nth(41 - 3)
-            .and_then(|field| field.parse().ok())
-            .expect("policy field");
-        threads.push((comm, policy));
-    }
-    threads
+    let tasks = format!("/proc/{pid}/task");
+    threads::named(Path::new(&tasks), |comm| {
+        comm.starts_with("rocksdb:").then(|| comm.to_string())
+    })
+    .into_iter()
+    .filter_map(|(tid, name)| Some((name, threads::policy_of(tid).ok()?)))
+    .collect()
 }
 
 /// Whether gustd, started by this process with its privileges, may raise a

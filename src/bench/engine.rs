@@ -742,15 +742,7 @@ fn bind_address_no_port(socket: &Socket) {
 /// (BENCHMARKS.md), a cost that clients on other machines never impose.
 /// No privilege is needed.
 pub fn use_batch_scheduling() -> std::io::Result<()> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; `param` is a live sched_param
-    // read for the duration of the call.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
+    crate::threads::set_policy(0, libc::SCHED_BATCH)
 }
 
 // ---------------------------------------------------------------- worker

@@ -202,26 +202,11 @@ struct ChatRun {
 /// The scheduling policy of each of this process's engine workers (threads
 /// named `bench-N`), read from the kernel by thread id.
 fn worker_policies() -> Vec<libc::c_int> {
-    let mut policies = Vec::new();
-    for task in std::fs::read_dir("/proc/self/task").expect("/proc/self/task") {
-        let task = task.expect("a task entry").path();
-        let comm = std::fs::read_to_string(task.join("comm")).unwrap_or_default();
-        if !comm.starts_with("bench-") {
-            continue;
-        }
-        let tid: libc::pid_t = task
-            .file_name()
-            .and_then(|name| name.to_str())
-            .and_then(|name| name.parse().ok())
-            .expect("a numeric task id");
-        // SAFETY: reads the policy of a thread by id; no memory is passed.
-        let policy = unsafe { libc::sched_getscheduler(tid) };
-        // -1: the thread ended since the directory was read.
-        if policy >= 0 {
-            policies.push(policy);
-        }
-    }
-    policies
+    crate::threads::named_here(|comm| comm.starts_with("bench-").then_some(()))
+        .into_iter()
+        // An error: the thread ended since the directory was read.
+        .filter_map(|(tid, ())| crate::threads::policy_of(tid).ok())
+        .collect()
 }
 
 /// One pair (users 1 and 2) chatting for a moment.

@@ -25,13 +25,13 @@
 //! are the only system-facing part.
 
 use std::io;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::limits;
+use crate::threads;
 
 /// `--background-priority`: whether the governor runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,55 +150,18 @@ pub fn standing(backlog: &Backlog, pool: Pool) -> Standing {
 
 /// Schedules thread `tid` (of any process we may change) as `standing` says.
 pub fn set_standing(tid: i32, standing: Standing) -> io::Result<()> {
-    let policy = match standing {
-        Standing::Yield => libc::SCHED_IDLE,
-        Standing::Compete => libc::SCHED_OTHER,
-    };
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: `param` is a live sched_param read for the duration of the
-    // call; a tid that has exited only makes the call fail with ESRCH.
-    let rc = unsafe { libc::sched_setscheduler(tid, policy, &param) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// The scheduling policy of thread `tid` (`libc::SCHED_*`).
-pub fn policy_of(tid: i32) -> io::Result<i32> {
-    // SAFETY: a plain query; a tid that has exited makes it fail with ESRCH.
-    let policy = unsafe { libc::sched_getscheduler(tid) };
-    if policy < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(policy)
-    }
+    threads::set_policy(
+        tid,
+        match standing {
+            Standing::Yield => libc::SCHED_IDLE,
+            Standing::Compete => libc::SCHED_OTHER,
+        },
+    )
 }
 
 /// RocksDB's background threads in this process: (thread id, pool).
 pub fn background_threads() -> Vec<(i32, Pool)> {
-    threads_of(Path::new("/proc/self/task"))
-}
-
-/// The threads under a `/proc/PID/task` directory that belong to a pool.
-fn threads_of(tasks: &Path) -> Vec<(i32, Pool)> {
-    let Ok(entries) = std::fs::read_dir(tasks) else {
-        return Vec::new();
-    };
-    let mut threads = Vec::new();
-    for entry in entries.flatten() {
-        let Some(tid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
-            continue;
-        };
-        if let Some(pool) = Pool::of_thread(&comm) {
-            threads.push((tid, pool));
-        }
-    }
-    threads
+    threads::named_here(Pool::of_thread)
 }
 
 /// Whether this process may put a thread back at normal priority after
@@ -518,11 +481,11 @@ mod tests {
             return;
         }
         let (tid, done, thread) = parked_thread("gust-test");
-        assert_eq!(policy_of(tid).unwrap(), libc::SCHED_OTHER);
+        assert_eq!(threads::policy_of(tid).unwrap(), libc::SCHED_OTHER);
         set_standing(tid, Standing::Yield).unwrap();
-        assert_eq!(policy_of(tid).unwrap(), libc::SCHED_IDLE);
+        assert_eq!(threads::policy_of(tid).unwrap(), libc::SCHED_IDLE);
         set_standing(tid, Standing::Compete).unwrap();
-        assert_eq!(policy_of(tid).unwrap(), libc::SCHED_OTHER);
+        assert_eq!(threads::policy_of(tid).unwrap(), libc::SCHED_OTHER);
         done.send(()).unwrap();
         thread.join().unwrap();
     }
@@ -531,13 +494,27 @@ mod tests {
     /// every second) for thread `tid` to be under `policy`.
     fn wait_for_policy(tid: i32, policy: i32) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while policy_of(tid).expect("the thread is alive") != policy {
+        while threads::policy_of(tid).expect("the thread is alive") != policy {
             assert!(
                 Instant::now() < deadline,
                 "thread {tid} never got policy {policy}"
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Stops the governor and checks that it left the governed thread as
+    /// RocksDB made it, then lets that thread end.
+    fn stop_governor(
+        governor: JoinHandle<()>,
+        stop: &AtomicBool,
+        (tid, done, thread): (i32, std::sync::mpsc::Sender<()>, JoinHandle<()>),
+    ) {
+        stop.store(true, Ordering::Relaxed);
+        governor.join().unwrap();
+        assert_eq!(threads::policy_of(tid).unwrap(), libc::SCHED_OTHER);
+        done.send(()).unwrap();
+        thread.join().unwrap();
     }
 
     /// The governor over a stand-in for RocksDB's flush thread (found by its
@@ -566,12 +543,7 @@ mod tests {
         wait_for_policy(tid, libc::SCHED_OTHER);
         backlog.lock().unwrap().spare_memtables = 1;
         wait_for_policy(tid, libc::SCHED_IDLE);
-        stop.store(true, Ordering::Relaxed);
-        governor.join().unwrap();
-        // Stopped, it leaves the threads as RocksDB made them.
-        assert_eq!(policy_of(tid).unwrap(), libc::SCHED_OTHER);
-        done.send(()).unwrap();
-        flush_thread.join().unwrap();
+        stop_governor(governor, &stop, (tid, done, flush_thread));
     }
 
     /// A stalled commit while the governor itself is stuck reading the
@@ -613,27 +585,6 @@ mod tests {
         // Not before the hold ran out (counted from when the governor saw
         // the rescue, which is after the release).
         assert!(released.elapsed() >= limits::WRITE_PATH_STALL_HOLD);
-        stop.store(true, Ordering::Relaxed);
-        governor.join().unwrap();
-        assert_eq!(policy_of(tid).unwrap(), libc::SCHED_OTHER);
-        done.send(()).unwrap();
-        compaction_thread.join().unwrap();
-    }
-
-    #[test]
-    fn threads_are_found_by_name() {
-        let dir = tempfile::tempdir().unwrap();
-        for (tid, comm) in [
-            ("101", "rocksdb:high\n"),
-            ("102", "rocksdb:low\n"),
-            ("103", "gust-shard-0\n"),
-            ("notatid", "rocksdb:low\n"),
-        ] {
-            std::fs::create_dir(dir.path().join(tid)).unwrap();
-            std::fs::write(dir.path().join(tid).join("comm"), comm).unwrap();
-        }
-        let mut found = threads_of(dir.path());
-        found.sort_by_key(|(tid, _)| *tid);
-        assert_eq!(found, vec![(101, Pool::Flush), (102, Pool::Compaction)]);
+        stop_governor(governor, &stop, (tid, done, compaction_thread));
     }
 }

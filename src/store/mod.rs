@@ -294,7 +294,7 @@ impl Store {
         Ok(Store {
             db: Arc::new(db),
             durability: config.durability,
-            write_path_started_ns: Arc::new([AtomicU64::new(0), AtomicU64::new(0)]),
+            write_path_started_ns: Arc::default(),
             epoch: Instant::now(),
             #[cfg(test)]
             commit_script: Arc::default(),

@@ -208,7 +208,7 @@ scenario_args! {
         #[argh(option)]
         pub seconds: [Option<u64>],
 
-        /// text bytes per message, at least 32 (default 100)
+        /// text bytes per message, at least 48 (the send stamp; default 100)
         #[argh(option, default = "100")]
         pub size: [usize],
 
@@ -217,7 +217,9 @@ scenario_args! {
         pub window: [usize],
 
         /// aggregate messages per second over all senders instead of sending
-        /// as fast as the window allows (default 0: window only)
+        /// as fast as the window allows (default 0: window only); a rate
+        /// also reports latency counted from each send's due time, with the
+        /// generator's own lateness in
         #[argh(option, default = "0")]
         pub rate: [u64],
 
@@ -249,7 +251,7 @@ scenario_args! {
         #[argh(option)]
         pub messages: [Option<u64>],
 
-        /// text bytes per message, at least 32 (default 100)
+        /// text bytes per message, at least 48 (the send stamp; default 100)
         #[argh(option, default = "100")]
         pub size: [usize],
 

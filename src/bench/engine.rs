@@ -31,7 +31,7 @@ use mio::{Events, Interest, Poll, Token};
 use ring::rand::{SecureRandom, SystemRandom};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-use super::payload::{message_text, now_ns, ns_at, parse_stamp};
+use super::payload::{message_text, now_ns, ns_at, parse_stamp, Stamp};
 use super::seqcheck::SeqStream;
 use crate::limits;
 use crate::protocol::cipher::{self, CONNECTION_NONCE_LEN};
@@ -238,8 +238,14 @@ pub struct Latencies {
     pub resume_us: Histogram<u64>,
     /// `send` to its `send_ack`.
     pub ack_us: Histogram<u64>,
-    /// `send` to the peer's `deliver`.
+    /// `send` to the peer's `deliver`, from when the send was written.
     pub deliver_us: Histogram<u64>,
+    /// Rate mode only: from when the schedule had the send due to the
+    /// peer's `deliver`. Counts the generator's own lateness, which
+    /// `deliver_us` leaves out (see `payload`).
+    pub deliver_from_due_us: Histogram<u64>,
+    /// Rate mode only: how late each send was written against its due time.
+    pub send_slip_us: Histogram<u64>,
     /// `send` to `deliver` by when the delivery arrived: one histogram per
     /// `Settings::timeline` window from the start of the run phase. A
     /// run's p99 says how bad the tail is; this says whether it is spread
@@ -281,6 +287,8 @@ impl Default for Latencies {
             resume_us: histogram(),
             ack_us: histogram(),
             deliver_us: histogram(),
+            deliver_from_due_us: histogram(),
+            send_slip_us: histogram(),
             deliver_timeline: Vec::new(),
         }
     }
@@ -296,6 +304,8 @@ impl Latencies {
         let _ = self.resume_us.add(&other.resume_us);
         let _ = self.ack_us.add(&other.ack_us);
         let _ = self.deliver_us.add(&other.deliver_us);
+        let _ = self.deliver_from_due_us.add(&other.deliver_from_due_us);
+        let _ = self.send_slip_us.add(&other.send_slip_us);
         if self.deliver_timeline.len() < other.deliver_timeline.len() {
             self.deliver_timeline
                 .resize_with(other.deliver_timeline.len(), timeline_histogram);
@@ -326,6 +336,19 @@ impl Latencies {
             record_ns(histogram, latency_ns);
         }
     }
+}
+
+/// When a worker's schedule has its send number `index` (from 0) due: the
+/// `index + 1`-th of `rate_per_s` a second from `run_started_ns`, the
+/// moment `send_on_schedule` first counts it (it sends while fewer than
+/// `rate × elapsed` have gone).
+fn due_at_ns(run_started_ns: u64, index: u64, rate_per_s: f64) -> u64 {
+    if rate_per_s <= 0.0 {
+        return run_started_ns;
+    }
+    let after_ns = (index.saturating_add(1) as f64 * 1e9 / rate_per_s).ceil();
+    // f64 to u64 saturates; no run lasts 584 years.
+    run_started_ns.saturating_add(after_ns as u64)
 }
 
 fn record_ns(histogram: &mut Histogram<u64>, ns: u64) {
@@ -1475,22 +1498,29 @@ impl Worker {
                 Plan::Send { count, .. } if conn.sent < count => {}
                 _ => return,
             }
-            self.send_message(i);
+            self.send_message(i, self.clock_ns);
         }
     }
 
-    fn send_message(&mut self, i: usize) {
+    /// Sends connection `i`'s next message; `due_ns` is when the schedule
+    /// had it due (the clock's reading without a schedule).
+    fn send_message(&mut self, i: usize, due_ns: u64) {
         let conn = &mut self.conns[i];
         let Some(peer) = conn.peer() else {
             return;
         };
         let client_message_id = conn.client_message_id_base + conn.sent;
         let sent_ns = self.clock_ns;
+        let stamp = Stamp {
+            sent_ns,
+            due_ns: due_ns.min(sent_ns),
+            client_message_id,
+        };
         let body = Body::Send(Send {
             client_message_id,
             to: Target::User(peer),
             content: Content::Text {
-                text: message_text(sent_ns, client_message_id, self.settings.size_bytes),
+                text: message_text(stamp, self.settings.size_bytes),
             },
             extras: BTreeMap::new(),
         });
@@ -1512,6 +1542,7 @@ impl Worker {
             return;
         };
         let due = (self.rate_share_per_s * now.duration_since(run_started).as_secs_f64()) as u64;
+        let run_started_ns = ns_at(run_started);
         let n = self.conns.len();
         while self.rate_sent < due {
             let mut found = None;
@@ -1533,7 +1564,13 @@ impl Worker {
                 return;
             };
             self.rate_cursor = (i + 1) % n;
-            self.send_message(i);
+            let due_ns =
+                due_at_ns(run_started_ns, self.rate_sent, self.rate_share_per_s).min(self.clock_ns);
+            record_ns(
+                &mut self.latencies.send_slip_us,
+                self.clock_ns.saturating_sub(due_ns),
+            );
+            self.send_message(i, due_ns);
             self.rate_sent += 1;
         }
     }
@@ -1625,7 +1662,12 @@ impl Worker {
             }
             _ => None,
         };
-        let Some((sent_ns, stamped_id)) = stamp else {
+        let Some(Stamp {
+            sent_ns,
+            due_ns,
+            client_message_id: stamped_id,
+        }) = stamp
+        else {
             let detail = format!(
                 "message {}/{} does not carry the text that was sent",
                 message.conversation_id, message.seq
@@ -1642,6 +1684,12 @@ impl Worker {
         if live {
             let latency_ns = now.saturating_sub(sent_ns);
             record_ns(&mut self.latencies.deliver_us, latency_ns);
+            if self.settings.rate_per_s > 0 {
+                record_ns(
+                    &mut self.latencies.deliver_from_due_us,
+                    now.saturating_sub(due_ns),
+                );
+            }
             if let Some(width) = self.settings.timeline {
                 // The receiving worker may not have seen the phase change
                 // yet (this delivery can be what woke it), so it reads the
@@ -1698,7 +1746,7 @@ impl Worker {
             };
             if message.sender_id != sender
                 || !text_ok
-                || stamped.map(|s| s.1) != Some(message.client_message_id)
+                || stamped.map(|s| s.client_message_id) != Some(message.client_message_id)
             {
                 problems.push(format!(
                     "message {}/{} from user {} does not match what was sent",
@@ -1880,5 +1928,27 @@ mod tests {
         let mut wide = Latencies::default();
         wide.record_timeline(Duration::from_secs(u64::MAX), 5 * ms, ms);
         assert_eq!(wide.deliver_timeline.len(), 1);
+    }
+
+    #[test]
+    fn sends_fall_due_evenly_from_the_run_start() {
+        // 1,000 a second: one a millisecond, the first a millisecond in.
+        assert_eq!(due_at_ns(5_000, 0, 1_000.0), 1_005_000);
+        assert_eq!(due_at_ns(5_000, 1, 1_000.0), 2_005_000);
+        assert_eq!(due_at_ns(0, 999, 1_000.0), 1_000_000_000);
+        // Fractional rates (a worker's share) and rounding up to the
+        // nanosecond: never before `send_on_schedule` would count it.
+        let rate = 333.333;
+        for index in [0u64, 1, 7, 12_345] {
+            let due = due_at_ns(0, index, rate);
+            assert!((rate * due as f64 / 1e9) as u64 > index, "{index}: {due}");
+            assert!(
+                (rate * (due - 1) as f64 / 1e9) as u64 <= index,
+                "{index}: {due}"
+            );
+        }
+        // No schedule, or one past u64's end, does not wrap.
+        assert_eq!(due_at_ns(7, 3, 0.0), 7);
+        assert_eq!(due_at_ns(u64::MAX - 1, u64::MAX, 1e-9), u64::MAX);
     }
 }

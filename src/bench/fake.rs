@@ -11,9 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use hdrhistogram::Histogram;
 
-use super::engine::{ConnSpec, Engine, Phase, Plan, Settings};
+use super::engine::{ConnSpec, Engine, Latencies, Phase, Plan, Settings};
 use super::report::Report;
 use super::scenarios::check_pairs;
 use crate::protocol::*;
@@ -26,7 +25,12 @@ enum Fault {
     DuplicateDeliver,
     /// Every 7th deliver is not sent.
     DropDeliver,
+    /// Every send is answered `SLOW_ACK` late.
+    SlowAck,
 }
+
+/// How late `Fault::SlowAck` answers.
+const SLOW_ACK: Duration = Duration::from_millis(5);
 
 struct FakeState {
     fault: Fault,
@@ -123,6 +127,9 @@ fn connection(mut stream: TcpStream, state: Arc<FakeState>) {
                 let Target::User(peer) = send.to else {
                     panic!("{:?}", send.to)
                 };
+                if state.fault == Fault::SlowAck {
+                    std::thread::sleep(SLOW_ACK);
+                }
                 // One lock over seq assignment and both writes keeps the
                 // ack and deliver streams in seq order, as gustd does.
                 let mut last_seq = state.last_seq.lock().unwrap();
@@ -194,9 +201,8 @@ struct ChatRun {
     state: Arc<FakeState>,
     /// From the start of sending to the engine's stop.
     elapsed: Duration,
-    /// The run's send->deliver histogram, and its timeline.
-    deliver_us: Histogram<u64>,
-    timeline: Vec<Histogram<u64>>,
+    /// The run's latency histograms.
+    latencies: Latencies,
 }
 
 /// The scheduling policy of each of this process's engine workers (threads
@@ -209,8 +215,15 @@ fn worker_policies() -> Vec<libc::c_int> {
         .collect()
 }
 
-/// One pair (users 1 and 2) chatting for a moment.
+/// One pair (users 1 and 2) chatting for a moment, as fast as a window of 4
+/// allows.
 fn chat_against(fault: Fault) -> ChatRun {
+    chat_shaped(fault, 4, 0)
+}
+
+/// One pair chatting for a moment with `window` sends in flight each, at
+/// `rate_per_s` between them (0: as fast as the window allows).
+fn chat_shaped(fault: Fault, window: usize, rate_per_s: u64) -> ChatRun {
     let (target, state) = serve(fault);
     let specs = [1u64, 2]
         .iter()
@@ -231,8 +244,8 @@ fn chat_against(fault: Fault) -> ChatRun {
         connect_rate_per_s: 0,
         connect_inflight_max: 10,
         handshake_timeout: Duration::from_secs(5),
-        window: 4,
-        rate_per_s: 0,
+        window,
+        rate_per_s,
         size_bytes: 64,
         ack_interval: ACK_INTERVAL,
         sync_stall_timeout: Duration::from_secs(5),
@@ -283,8 +296,7 @@ fn chat_against(fault: Fault) -> ChatRun {
         report,
         state,
         elapsed,
-        deliver_us: result.latencies.deliver_us,
-        timeline: result.latencies.deliver_timeline,
+        latencies: result.latencies,
     }
 }
 
@@ -333,14 +345,15 @@ fn receivers_ack_deliveries_while_the_run_goes_on() {
 fn the_timeline_places_every_delivery_in_its_window() {
     let run = chat_against(Fault::None);
     assert!(run.report.ok(), "{}", run.report.table());
-    let delivered = run.deliver_us.len();
+    let delivered = run.latencies.deliver_us.len();
     assert!(delivered > 10);
     // Every delivery the run's histogram counts is in one window, with its
     // latency: the windows added up are the run's histogram.
-    let counts: Vec<u64> = run.timeline.iter().map(|h| h.len()).collect();
+    let timeline = &run.latencies.deliver_timeline;
+    let counts: Vec<u64> = timeline.iter().map(|h| h.len()).collect();
     assert_eq!(counts.iter().sum::<u64>(), delivered);
-    let slowest = run.timeline.iter().map(|h| h.max()).max().unwrap_or(0);
-    let (a, b) = (slowest as f64, run.deliver_us.max() as f64);
+    let slowest = timeline.iter().map(|h| h.max()).max().unwrap_or(0);
+    let (a, b) = (slowest as f64, run.latencies.deliver_us.max() as f64);
     assert!((a - b).abs() <= b * 0.01 + 1.0, "{slowest} against {b}");
     // Windows count from the run's start: the pair sends from its first
     // moment, so deliveries begin in the first window or the next (a late
@@ -358,6 +371,50 @@ fn the_timeline_places_every_delivery_in_its_window() {
         counts.len(),
         sending + 1
     );
+}
+
+#[test]
+fn without_a_schedule_nothing_is_counted_from_one() {
+    let run = chat_against(Fault::None);
+    assert!(run.report.ok(), "{}", run.report.table());
+    assert!(run.latencies.deliver_us.len() > 10);
+    assert_eq!(run.latencies.deliver_from_due_us.len(), 0);
+    assert_eq!(run.latencies.send_slip_us.len(), 0);
+}
+
+#[test]
+fn a_generator_behind_its_schedule_counts_its_lateness() {
+    // One send in flight per sender, each answered 5 ms late: at most ~400
+    // a second get out against the 2,000 the schedule asks for, so sends
+    // fall further behind it the longer the run goes. Counted from the
+    // write, a send takes ~5 ms; counted from when it was due, it also
+    // waited its turn, tens of milliseconds by the middle of the run.
+    let run = chat_shaped(Fault::SlowAck, 1, 2_000);
+    assert!(run.report.ok(), "{}", run.report.table());
+    let l = &run.latencies;
+    let delivered = l.deliver_us.len();
+    assert!(delivered > 10);
+    // Every delivery is counted both ways, every send's lateness once.
+    assert_eq!(l.deliver_from_due_us.len(), delivered);
+    assert_eq!(l.send_slip_us.len(), l.ack_us.len());
+    let ms = 1_000;
+    let (from_write, from_due) = (
+        l.deliver_us.value_at_quantile(0.5),
+        l.deliver_from_due_us.value_at_quantile(0.5),
+    );
+    assert!(from_write >= 5 * ms, "p50 from the write {from_write} µs");
+    assert!(
+        from_due >= from_write + 20 * ms,
+        "p50 from due {from_due} µs, from the write {from_write} µs"
+    );
+    assert!(l.send_slip_us.value_at_quantile(0.5) >= 20 * ms);
+    // A delivery is never counted from later than its write.
+    for q in [0.0, 0.5, 0.9, 0.99, 1.0] {
+        assert!(
+            l.deliver_from_due_us.value_at_quantile(q) >= l.deliver_us.value_at_quantile(q),
+            "quantile {q}"
+        );
+    }
 }
 
 #[test]

@@ -729,6 +729,21 @@ pub fn chat(args: &ChatArgs) -> Result<Report, String> {
             "connect -> logged_in",
             &result.latencies.connect_us,
         );
+    if args.rate > 0 {
+        // The rows above count from the write; these from the schedule,
+        // with the generator's own lateness in (see bench::payload).
+        report
+            .latency(
+                "deliver_from_due_latency_us",
+                "due -> deliver",
+                &result.latencies.deliver_from_due_us,
+            )
+            .latency(
+                "send_slip_us",
+                "due -> send (lateness)",
+                &result.latencies.send_slip_us,
+            );
+    }
     if let (Some(width), true) = (timeline_width, connected) {
         report.timeline(
             "deliver_timeline",

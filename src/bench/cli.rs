@@ -218,8 +218,8 @@ scenario_args! {
 
         /// aggregate messages per second over all senders instead of sending
         /// as fast as the window allows (default 0: window only); a rate
-        /// also reports latency counted from each send's due time, with the
-        /// generator's own lateness in
+        /// also reports latency counted from each send's due time, which
+        /// includes the generator's own lateness
         #[argh(option, default = "0")]
         pub rate: [u64],
 

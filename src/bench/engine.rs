@@ -244,7 +244,8 @@ pub struct Latencies {
     /// peer's `deliver`. Counts the generator's own lateness, which
     /// `deliver_us` leaves out (see `payload`).
     pub deliver_from_due_us: Histogram<u64>,
-    /// Rate mode only: how late each send was written against its due time.
+    /// Rate mode only: how late each send was queued for its socket against
+    /// its due time (the write follows within the same loop turn).
     pub send_slip_us: Histogram<u64>,
     /// `send` to `deliver` by when the delivery arrived: one histogram per
     /// `Settings::timeline` window from the start of the run phase. A
@@ -338,10 +339,15 @@ impl Latencies {
     }
 }
 
-/// When a worker's schedule has its send number `index` (from 0) due: the
-/// `index + 1`-th of `rate_per_s` a second from `run_started_ns`, the
-/// moment `send_on_schedule` first counts it (it sends while fewer than
-/// `rate × elapsed` have gone).
+/// How many sends a schedule of `rate_per_s` has due `elapsed_ns` after
+/// its origin: the whole ones.
+fn sends_due(elapsed_ns: u64, rate_per_s: f64) -> u64 {
+    // f64 to u64 saturates (and a negative or NaN rate gives 0).
+    (rate_per_s * elapsed_ns as f64 / 1e9) as u64
+}
+
+/// When a schedule of `rate_per_s` from `run_started_ns` has its send
+/// number `index` (from 0) due: the moment `sends_due` first counts it.
 fn due_at_ns(run_started_ns: u64, index: u64, rate_per_s: f64) -> u64 {
     if rate_per_s <= 0.0 {
         return run_started_ns;
@@ -440,6 +446,10 @@ pub struct EngineReport {
     pub write_calls: u64,
     /// Turns in which the rate schedule found no sender with window room.
     pub rate_stalls: u64,
+    /// Sends the rate schedule had due by the end of the run that were
+    /// never written (owed while every window was full, or the generator
+    /// too far behind): in no latency figure, so reported on their own.
+    pub rate_unsent: u64,
 }
 
 /// The running workers.
@@ -557,6 +567,7 @@ impl Engine {
                     report.frames_out += part.frames_out;
                     report.write_calls += part.write_calls;
                     report.rate_stalls += part.rate_stalls;
+                    report.rate_unsent += part.rate_unsent;
                 }
                 Err(_) => report.errors.record(
                     "worker panicked",
@@ -787,11 +798,15 @@ struct Worker {
     connect_rate_per_s: f64,
     started_at: Instant,
     phase: Phase,
-    run_started: Option<Instant>,
+    /// Rate mode: when the run started, on the `now_ns` clock: the origin
+    /// of this worker's schedule (the engine's, not when this worker first
+    /// noticed, so a late start shows as lateness).
+    schedule_origin_ns: Option<u64>,
     rate_share_per_s: f64,
     rate_sent: u64,
     rate_cursor: usize,
     rate_stalls: u64,
+    rate_unsent: u64,
     latencies: Latencies,
     errors: ErrorLog,
     bytes_in: u64,
@@ -854,11 +869,12 @@ impl Worker {
             in_handshake: 0,
             started_at: Instant::now(),
             phase: Phase::Connect,
-            run_started: None,
+            schedule_origin_ns: None,
             rate_share_per_s,
             rate_sent: 0,
             rate_cursor: 0,
             rate_stalls: 0,
+            rate_unsent: 0,
             latencies: Latencies::default(),
             errors: ErrorLog::default(),
             bytes_in: 0,
@@ -888,9 +904,21 @@ impl Worker {
                 break;
             }
             if phase != self.phase {
+                if self.phase == Phase::Run {
+                    // What the schedule still owed stays owed: count it.
+                    self.tick_clock();
+                    self.rate_unsent = self.sends_owed();
+                }
                 self.phase = phase;
                 if phase == Phase::Run {
-                    self.run_started = Some(self.tick_clock());
+                    self.tick_clock();
+                    // Stored before the phase (`Engine::set_phase`); 0 only
+                    // if a test sets phases some other way.
+                    let origin = self.shared.run_started_ns.load(Ordering::Acquire);
+                    self.schedule_origin_ns = Some(match origin {
+                        0 => self.clock_ns,
+                        origin => origin.min(self.clock_ns),
+                    });
                     if self.settings.rate_per_s == 0 {
                         for i in 0..self.conns.len() {
                             self.fill_window(i);
@@ -925,7 +953,7 @@ impl Worker {
             }
             let now = self.tick_clock();
             if self.phase == Phase::Run && self.settings.rate_per_s > 0 {
-                self.send_on_schedule(now);
+                self.send_on_schedule();
             }
             self.send_due_delivery_acks(now);
             if now >= next_heartbeat {
@@ -979,6 +1007,7 @@ impl Worker {
             frames_out: self.frames_out,
             write_calls: self.write_calls,
             rate_stalls: self.rate_stalls,
+            rate_unsent: self.rate_unsent,
         }
     }
 
@@ -1535,14 +1564,25 @@ impl Worker {
         }
     }
 
+    /// Rate mode: sends the schedule has due and not yet written, as of
+    /// the clock's last reading.
+    fn sends_owed(&self) -> u64 {
+        match (self.settings.rate_per_s, self.schedule_origin_ns) {
+            (0, _) | (_, None) => 0,
+            (_, Some(origin)) => {
+                let due = sends_due(self.clock_ns.saturating_sub(origin), self.rate_share_per_s);
+                due.saturating_sub(self.rate_sent)
+            }
+        }
+    }
+
     /// Rate mode: sends what the schedule says is due, round-robin over the
     /// senders with room in their window.
-    fn send_on_schedule(&mut self, now: Instant) {
-        let Some(run_started) = self.run_started else {
+    fn send_on_schedule(&mut self) {
+        let Some(origin) = self.schedule_origin_ns else {
             return;
         };
-        let due = (self.rate_share_per_s * now.duration_since(run_started).as_secs_f64()) as u64;
-        let run_started_ns = ns_at(run_started);
+        let due = sends_due(self.clock_ns.saturating_sub(origin), self.rate_share_per_s);
         let n = self.conns.len();
         while self.rate_sent < due {
             let mut found = None;
@@ -1564,8 +1604,15 @@ impl Worker {
                 return;
             };
             self.rate_cursor = (i + 1) % n;
-            let due_ns =
-                due_at_ns(run_started_ns, self.rate_sent, self.rate_share_per_s).min(self.clock_ns);
+            let due_ns = due_at_ns(origin, self.rate_sent, self.rate_share_per_s);
+            debug_assert!(
+                due_ns <= self.clock_ns,
+                "send {} due at {due_ns} after the clock {}",
+                self.rate_sent,
+                self.clock_ns
+            );
+            // `sends_due` counted it: due by now, up to float rounding.
+            let due_ns = due_ns.min(self.clock_ns);
             record_ns(
                 &mut self.latencies.send_slip_us,
                 self.clock_ns.saturating_sub(due_ns),
@@ -1936,17 +1983,25 @@ mod tests {
         assert_eq!(due_at_ns(5_000, 0, 1_000.0), 1_005_000);
         assert_eq!(due_at_ns(5_000, 1, 1_000.0), 2_005_000);
         assert_eq!(due_at_ns(0, 999, 1_000.0), 1_000_000_000);
-        // Fractional rates (a worker's share) and rounding up to the
-        // nanosecond: never before `send_on_schedule` would count it.
-        let rate = 333.333;
-        for index in [0u64, 1, 7, 12_345] {
-            let due = due_at_ns(0, index, rate);
-            assert!((rate * due as f64 / 1e9) as u64 > index, "{index}: {due}");
-            assert!(
-                (rate * (due - 1) as f64 / 1e9) as u64 <= index,
-                "{index}: {due}"
-            );
+        // Fractional rates (a worker's share), rounded up to the
+        // nanosecond: due exactly when `sends_due` first counts it.
+        for rate in [333.333, 1_000.0, 37_500.5, 150_000.0] {
+            for index in [0u64, 1, 7, 12_345, 2_250_000] {
+                let origin = 1_000_000;
+                let due = due_at_ns(origin, index, rate);
+                assert!(
+                    sends_due(due - origin, rate) > index,
+                    "{rate} {index}: {due}"
+                );
+                assert!(
+                    sends_due(due - origin - 1, rate) <= index,
+                    "{rate} {index}: {due}"
+                );
+            }
         }
+        assert_eq!(sends_due(1_500_000_000, 1_000.0), 1_500);
+        assert_eq!(sends_due(u64::MAX, 1e12), u64::MAX);
+        assert_eq!(sends_due(5, f64::NAN), 0);
         // No schedule, or one past u64's end, does not wrap.
         assert_eq!(due_at_ns(7, 3, 0.0), 7);
         assert_eq!(due_at_ns(u64::MAX - 1, u64::MAX, 1e-9), u64::MAX);

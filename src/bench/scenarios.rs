@@ -711,17 +711,25 @@ pub fn chat(args: &ChatArgs) -> Result<Report, String> {
                 "turns with every window full",
                 result.rate_stalls,
                 "",
+            )
+            .figure(
+                "rate_unsent",
+                "sends due by the end, never written",
+                result.rate_unsent,
+                "",
             );
     }
+    // With a schedule, "send" would be ambiguous: these count from the
+    // write, the `due ->` rows below from when the schedule had it due.
+    let (ack_label, deliver_label) = match args.rate {
+        0 => ("send -> send_ack", "send -> deliver"),
+        _ => ("write -> send_ack", "write -> deliver"),
+    };
     report
-        .latency(
-            "ack_latency_us",
-            "send -> send_ack",
-            &result.latencies.ack_us,
-        )
+        .latency("ack_latency_us", ack_label, &result.latencies.ack_us)
         .latency(
             "deliver_latency_us",
-            "send -> deliver",
+            deliver_label,
             &result.latencies.deliver_us,
         )
         .latency(
@@ -740,14 +748,14 @@ pub fn chat(args: &ChatArgs) -> Result<Report, String> {
             )
             .latency(
                 "send_slip_us",
-                "due -> send (lateness)",
+                "due -> write (lateness)",
                 &result.latencies.send_slip_us,
             );
     }
     if let (Some(width), true) = (timeline_width, connected) {
         report.timeline(
             "deliver_timeline",
-            "send -> deliver",
+            deliver_label,
             width,
             run_start_unix_ms,
             &result.latencies.deliver_timeline,

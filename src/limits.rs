@@ -156,6 +156,12 @@ pub const HELD_PUSHES_MAX: usize = 1024;
 pub const CLOSING_GRACE_SECS: u64 = 2;
 /// Seconds a graceful shutdown waits for connections to flush `going_away`.
 pub const SHUTDOWN_GRACE_SECS: u64 = 5;
+/// How long a shutdown waits for RocksDB to flush its memtables before it
+/// exits without (the next start replays the write-ahead log instead):
+/// with the disk full a flush may never start. Inside systemd's
+/// `TimeoutStopSec` (30 s) with the grace above, so gustd ends on its own
+/// rather than by SIGKILL.
+pub const SHUTDOWN_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 /// Listen backlog per shard; the kernel caps it at net.core.somaxconn.
 pub const LISTEN_BACKLOG: i32 = 4096;
 /// One-second slots in each shard's timer wheel: deadlines further out are

@@ -199,8 +199,14 @@ impl Server {
             stop.store(true, Ordering::Relaxed);
             let _ = governor.join();
         }
-        if let Err(e) = self.store.flush() {
-            log::error!("flushing the store failed: {e}");
+        match self.store.flush_within(crate::limits::SHUTDOWN_FLUSH_WAIT) {
+            Ok(true) => {}
+            Ok(false) => log::warn!(
+                "the store's memtables were not flushed within {:?} (is the disk full?); \
+                 the next start replays the write-ahead log instead",
+                crate::limits::SHUTDOWN_FLUSH_WAIT
+            ),
+            Err(e) => log::error!("flushing the store failed: {e}"),
         }
         log::info!("stopped");
     }

@@ -126,6 +126,10 @@ pub struct Store {
     #[cfg(test)]
     pub(crate) commit_script:
         Arc<std::sync::Mutex<std::collections::VecDeque<(std::time::Duration, bool)>>>,
+    /// Unit tests make `flush` take this long first, as a RocksDB flush that
+    /// waits for a write stall that cannot clear would.
+    #[cfg(test)]
+    pub(crate) flush_hold: Arc<std::sync::Mutex<Duration>>,
 }
 
 /// Writes gathered for one commit. They are kept as a list and put into a
@@ -298,6 +302,8 @@ impl Store {
             epoch: Instant::now(),
             #[cfg(test)]
             commit_script: Arc::default(),
+            #[cfg(test)]
+            flush_hold: Arc::default(),
         })
     }
 
@@ -700,11 +706,47 @@ impl Store {
 
     /// Flushes memtables so the next open does not replay the WAL (shutdown).
     pub fn flush(&self) -> StoreResult<()> {
+        #[cfg(test)]
+        {
+            let hold = self.flush_hold.lock().map(|hold| *hold).unwrap_or_default();
+            std::thread::sleep(hold);
+        }
         self.db.flush_wal(true)?;
         for name in FAMILIES {
             self.db.flush_cf(self.family(name)?)?;
         }
         Ok(())
+    }
+}
+
+impl Store {
+    /// [`Store::flush`], waited for at most `limit`: `Ok(true)` once it is
+    /// done, `Ok(false)` if it was not done in time (or could not be run).
+    ///
+    /// A manual flush first waits until flushing would not stall writes,
+    /// and with the disk full that can be never: compactions fail for
+    /// space, level 0 stays at its limit, and gustd's shutdown hung there
+    /// until killed. Nothing acknowledged depends on the flush (the
+    /// write-ahead log holds it, and the next open replays it), so the
+    /// shutdown gives up on it instead; the flush's thread is left blocked
+    /// in RocksDB and ends with the process.
+    pub fn flush_within(&self, limit: Duration) -> StoreResult<bool> {
+        let (done_tx, done_rx) = std::sync::mpsc::sync_channel(1);
+        let store = self.clone();
+        let flushing = std::thread::Builder::new()
+            .name("gust-flush".into())
+            .spawn(move || {
+                let _ = done_tx.send(store.flush());
+            });
+        if let Err(e) = flushing {
+            log::error!("could not start the store's flush: {e}");
+            return Ok(false);
+        }
+        match done_rx.recv_timeout(limit) {
+            Ok(flushed) => flushed.map(|()| true),
+            // Disconnected: the flush panicked, and said so on stderr.
+            Err(_) => Ok(false),
+        }
     }
 }
 
@@ -973,6 +1015,27 @@ mod tests {
             .filter_map(|entry| entry.metadata().ok())
             .map(|metadata| metadata.len())
             .sum()
+    }
+
+    #[test]
+    fn a_flush_that_does_not_end_is_given_up_on_in_time() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(dir.path(), Durability::Buffered).expect("open");
+        let mut batch = store.batch();
+        batch.put_counters(&Counters::default()).expect("counters");
+        store.commit(batch).expect("commit");
+        // A flush that returns in time is reported done.
+        assert!(store.flush_within(Duration::from_secs(30)).expect("flush"));
+        // One held far longer than the limit is given up on at the limit.
+        *store.flush_hold.lock().expect("hold") = Duration::from_secs(30);
+        let limit = Duration::from_millis(200);
+        let started = Instant::now();
+        assert!(!store.flush_within(limit).expect("flush"));
+        let waited = started.elapsed();
+        assert!(
+            waited >= limit && waited < limit + Duration::from_secs(5),
+            "waited {waited:?}"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -104,7 +104,13 @@ fn send_until_killed(server: &mut TestServer, durability: &str) {
     let acked = acked.lock().expect("acks").clone();
     eprintln!("{} sends acked before SIGKILL", acked.len());
     server.restart();
+    check_acked_are_stored(server, &acked);
+}
 
+/// After a restart: every message in `acked` (sender thread, ack) is stored
+/// at the seq its ack named, seqs are gapless, nothing is stored twice, and
+/// new message ids continue past the acked ones.
+fn check_acked_are_stored(server: &TestServer, acked: &[(u64, SendAck)]) {
     let (mut bob, _) = server.device("bob", "phone");
     for t in 0..4u64 {
         let mine: Vec<&SendAck> = acked
@@ -158,6 +164,78 @@ fn send_until_killed(server: &mut TestServer, durability: &str) {
         .send_text(Target::User(bob.user_id().expect("logged in")), "after")
         .expect("send");
     assert!(acked.iter().all(|(_, a)| a.message_id < ack.message_id));
+}
+
+#[test]
+fn a_store_that_cannot_grow_refuses_sends_and_loses_nothing_acked() {
+    // Every file gustd writes is limited to 2 MiB: the write-ahead log
+    // reaches it first, and its appends fail from then on as they would on
+    // a full disk (EFBIG here, ENOSPC there: the same failed commit).
+    let mut server = TestServer::start_with_file_size_max(&["--durability", "sync"], 2 << 20);
+    let (_bob, bob_login) = server.user("bob", "phone");
+    let acked = Arc::new(Mutex::new(Vec::<(u64, SendAck)>::new()));
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut senders = Vec::new();
+    for t in 0..4u64 {
+        let name = format!("sender{t}");
+        let (mut connection, _) = server.user(&name, "phone");
+        let (acked, refused) = (acked.clone(), refused.clone());
+        senders.push(std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + 3 * WAIT;
+            // Keeps sending a while after the first refusal: the store
+            // stays unwritable, and every later send must say so too.
+            let mut refusals = 0;
+            let mut i = 0u64;
+            while refusals < 20 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the store never filled"
+                );
+                let content = Content::Text {
+                    text: format!("{t}/{i}/{}", "x".repeat(200)),
+                };
+                match connection.send_with_id(
+                    (t << 32) | i,
+                    Target::User(bob_login.user_id),
+                    content,
+                    Default::default(),
+                ) {
+                    Ok(ack) => acked.lock().expect("acks").push((t, ack)),
+                    Err(e) => {
+                        assert_eq!(
+                            e.status(),
+                            Some(StatusCode::StorageUnavailable),
+                            "a send the store could not take: {e}"
+                        );
+                        refusals += 1;
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                i += 1;
+            }
+        }));
+    }
+    for sender in senders {
+        sender.join().expect("sender thread");
+    }
+    let acked = acked.lock().expect("acks").clone();
+    eprintln!(
+        "{} sends acked, {} refused",
+        acked.len(),
+        refused.load(Ordering::Relaxed)
+    );
+    assert!(
+        acked.len() >= 100,
+        "{} acked before the store filled",
+        acked.len()
+    );
+    assert!(server.log_contains("commit failed"));
+    // SIGTERM still ends it (`terminate` fails the test after `WAIT`).
+    server.terminate();
+    // Room again: the restart replays the log up to its last whole record.
+    server.file_size_max = None;
+    server.restart();
+    check_acked_are_stored(&server, &acked);
 }
 
 #[test]

@@ -24,6 +24,9 @@ pub struct TestServer {
     extra_args: Vec<String>,
     /// RLIMIT_NOFILE for the server process, to test the descriptor limit.
     nofile: Option<u64>,
+    /// RLIMIT_FSIZE for the server process: writes that would grow a file
+    /// past it fail (EFBIG), as they would on a full disk.
+    pub file_size_max: Option<u64>,
     /// Extra environment for the server process.
     pub env: Vec<(String, String)>,
     pub log: Arc<Mutex<Vec<String>>>,
@@ -44,15 +47,26 @@ impl TestServer {
 
     /// Starts with extra environment variables.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> TestServer {
-        Self::start_full(extra, None, env)
+        Self::start_full(extra, None, None, env)
+    }
+
+    /// Starts with every file it writes limited to `bytes` (RLIMIT_FSIZE):
+    /// the store runs out of room as on a full disk, without one.
+    pub fn start_with_file_size_max(extra: &[&str], bytes: u64) -> TestServer {
+        Self::start_full(extra, None, Some(bytes), &[])
     }
 
     /// Starts with at most `nofile` open descriptors.
     pub fn start_limited(extra: &[&str], nofile: Option<u64>) -> TestServer {
-        Self::start_full(extra, nofile, &[])
+        Self::start_full(extra, nofile, None, &[])
     }
 
-    fn start_full(extra: &[&str], nofile: Option<u64>, env: &[(&str, &str)]) -> TestServer {
+    fn start_full(
+        extra: &[&str],
+        nofile: Option<u64>,
+        file_size_max: Option<u64>,
+        env: &[(&str, &str)],
+    ) -> TestServer {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().join("data");
         let mut server = TestServer {
@@ -62,6 +76,7 @@ impl TestServer {
             _temp: Some(temp),
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
             nofile,
+            file_size_max,
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -85,18 +100,36 @@ impl TestServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        if let Some(limit) = self.nofile {
+        let (nofile, file_size_max) = (self.nofile, self.file_size_max);
+        if nofile.is_some() || file_size_max.is_some() {
             use std::os::unix::process::CommandExt;
             // Runs in the child between fork and exec: only async-signal-safe
-            // calls (setrlimit is one).
+            // calls (setrlimit and sigaction are).
             unsafe {
                 command.pre_exec(move || {
-                    let rlimit = libc::rlimit {
-                        rlim_cur: limit,
-                        rlim_max: limit,
-                    };
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
-                        return Err(std::io::Error::last_os_error());
+                    let limits = [
+                        (libc::RLIMIT_NOFILE, nofile),
+                        (libc::RLIMIT_FSIZE, file_size_max),
+                    ];
+                    for (resource, limit) in limits {
+                        let Some(limit) = limit else { continue };
+                        let rlimit = libc::rlimit {
+                            rlim_cur: limit,
+                            rlim_max: limit,
+                        };
+                        if libc::setrlimit(resource, &rlimit) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    if file_size_max.is_some() {
+                        // Past the limit the kernel sends SIGXFSZ, which
+                        // would kill gustd: ignored, the write fails with
+                        // EFBIG instead (ignored signals survive exec).
+                        let mut ignore: libc::sigaction = std::mem::zeroed();
+                        ignore.sa_sigaction = libc::SIG_IGN;
+                        if libc::sigaction(libc::SIGXFSZ, &ignore, std::ptr::null_mut()) != 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });

@@ -202,6 +202,10 @@ const FILE_WRITE_CHUNK_BYTES: u64 = 128 * 1024;
 /// [`limits::MEMTABLES_BUSY_FAMILY`] memtables.
 const BUSY_FAMILIES: [&str; 2] = [CF_MESSAGES, CF_DEDUPE];
 
+/// RocksDB's flush and compaction threads: a quarter (at least one) flush,
+/// the rest compactions.
+const ROCKSDB_BACKGROUND_JOBS: i32 = 3;
+
 /// RocksDB's own memtable limit per family (`max_write_buffer_number`).
 const ROCKSDB_MEMTABLES_DEFAULT: u64 = 2;
 
@@ -238,9 +242,18 @@ impl Store {
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         // One writer thread produces large batches; let flush and compaction
-        // run beside it.
+        // run beside it: one flush thread and two compaction threads. Every
+        // flush of the messages family spans every active conversation, so
+        // each level-0 compaction rewrites the whole base level; with one
+        // compaction thread those always won, the base level grew, each got
+        // longer, and level 0 filled to RocksDB's write slowdown. A second
+        // thread pushes the base level down meanwhile: over five minutes at
+        // window 16, +6 % and a quarter of the slowdowns (BENCHMARKS.md,
+        // "Five minutes at window 16"). Both run on idle CPU time until
+        // they fall behind (`background`), so the fixed-rate latency rows
+        // did not pay for it.
         options.increase_parallelism(2);
-        options.set_max_background_jobs(2);
+        options.set_max_background_jobs(ROCKSDB_BACKGROUND_JOBS);
         options.set_max_total_wal_size(config.wal_bytes_max);
         options.set_writable_file_max_buffer_size(FILE_WRITE_CHUNK_BYTES);
         if config.compaction_io == CompactionIo::Direct {
@@ -1015,6 +1028,23 @@ mod tests {
             .filter_map(|entry| entry.metadata().ok())
             .map(|metadata| metadata.len())
             .sum()
+    }
+
+    #[test]
+    fn rocksdb_runs_one_flush_and_two_compactions_at_once() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let _store = Store::open(dir.path(), Durability::Buffered).expect("open");
+        // RocksDB writes the options it opened with into the directory.
+        let options: String = std::fs::read_dir(dir.path())
+            .expect("data dir")
+            .filter_map(Result::ok)
+            .filter(|entry| entry.file_name().to_string_lossy().starts_with("OPTIONS-"))
+            .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+            .collect();
+        assert!(
+            options.contains(&format!("max_background_jobs={ROCKSDB_BACKGROUND_JOBS}")),
+            "{options}"
+        );
     }
 
     #[test]

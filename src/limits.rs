@@ -75,9 +75,23 @@ pub const WAL_BYTES_MAX_FLOOR: u64 = 16 * 1024 * 1024;
 /// family only while a flush is behind.
 pub const MEMTABLES_BUSY_FAMILY: u64 = 3;
 
+/// Level-0 files from which RocksDB compacts the messages and dedupe
+/// families (its default is 4). Every flush of those families spans every
+/// active conversation or sender, so a level-0 compaction rewrites the
+/// whole base level; taking 8 files at a time rewrites it half as often.
+/// Over five minutes at window 16 that removed every write slowdown
+/// (BENCHMARKS.md, "Level-0 compactions of eight files").
+pub const LEVEL0_FILES_COMPACT: i32 = 8;
+/// Level-0 files at which RocksDB slows writes to those families (its
+/// default, 20, sized for a trigger of 4), and, 16 later, stops them.
+pub const LEVEL0_FILES_SLOW_WRITES: i32 = 40;
+pub const LEVEL0_FILES_STOP_WRITES: i32 = LEVEL0_FILES_SLOW_WRITES + 16;
+
 /// Files in a family's level 0 from which compactions run at normal CPU
-/// priority instead of idle (`store::background`). RocksDB starts a
-/// compaction at 4 and slows writes at 20; every file is one more filter
+/// priority instead of idle (`store::background`): where the busy
+/// families' compactions begin ([`LEVEL0_FILES_COMPACT`]), so those run at
+/// normal priority as soon as they are due, as measured; the other
+/// families start theirs at RocksDB's 4. Every file is one more filter
 /// probe for each dedupe lookup.
 pub const LEVEL0_FILES_COMPETE: u64 = 8;
 

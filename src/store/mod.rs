@@ -283,6 +283,9 @@ impl Store {
             }
             if BUSY_FAMILIES.contains(name) {
                 family.set_max_write_buffer_number(limits::MEMTABLES_BUSY_FAMILY as i32);
+                family.set_level_zero_file_num_compaction_trigger(limits::LEVEL0_FILES_COMPACT);
+                family.set_level_zero_slowdown_writes_trigger(limits::LEVEL0_FILES_SLOW_WRITES);
+                family.set_level_zero_stop_writes_trigger(limits::LEVEL0_FILES_STOP_WRITES);
             }
             if *name == CF_DEDUPE {
                 // Every send looks its (sender, client id) up and almost
@@ -1031,7 +1034,7 @@ mod tests {
     }
 
     #[test]
-    fn rocksdb_runs_one_flush_and_two_compactions_at_once() {
+    fn rocksdb_runs_two_compactions_and_compacts_busy_families_eight_files_at_a_time() {
         let dir = tempfile::tempdir().expect("temp dir");
         let _store = Store::open(dir.path(), Durability::Buffered).expect("open");
         // RocksDB writes the options it opened with into the directory.
@@ -1045,6 +1048,24 @@ mod tests {
             options.contains(&format!("max_background_jobs={ROCKSDB_BACKGROUND_JOBS}")),
             "{options}"
         );
+        // The busy families' level-0 thresholds, each once per family.
+        for (name, value) in [
+            (
+                "level0_file_num_compaction_trigger",
+                limits::LEVEL0_FILES_COMPACT,
+            ),
+            (
+                "level0_slowdown_writes_trigger",
+                limits::LEVEL0_FILES_SLOW_WRITES,
+            ),
+            (
+                "level0_stop_writes_trigger",
+                limits::LEVEL0_FILES_STOP_WRITES,
+            ),
+        ] {
+            let set = options.matches(&format!("{name}={value}\n")).count();
+            assert_eq!(set, BUSY_FAMILIES.len(), "{name}");
+        }
     }
 
     #[test]

@@ -170,12 +170,13 @@ pub const HELD_PUSHES_MAX: usize = 1024;
 pub const CLOSING_GRACE_SECS: u64 = 2;
 /// Seconds a graceful shutdown waits for connections to flush `going_away`.
 pub const SHUTDOWN_GRACE_SECS: u64 = 5;
-/// How long a shutdown waits for RocksDB to flush its memtables before it
+/// How long a shutdown waits for the store (the storage writer's last
+/// commit and the memtable flush) before it cancels RocksDB's work and
 /// exits without (the next start replays the write-ahead log instead):
-/// with the disk full a flush may never start. Inside systemd's
-/// `TimeoutStopSec` (30 s) with the grace above, so gustd ends on its own
+/// with the disk full RocksDB may wait for ever. With the grace above,
+/// inside systemd's `TimeoutStopSec` (30 s), so gustd ends on its own
 /// rather than by SIGKILL.
-pub const SHUTDOWN_FLUSH_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+pub const SHUTDOWN_STORE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 /// Listen backlog per shard; the kernel caps it at net.core.somaxconn.
 pub const LISTEN_BACKLOG: i32 = 4096;
 /// One-second slots in each shard's timer wheel: deadlines further out are
@@ -190,3 +191,10 @@ pub const SYNC_PAGES_PER_JOB: usize = 16;
 
 const _: () = assert!(SCRATCH_BYTES >= 4 * 1024);
 const _: () = assert!(HELD_PUSHES_MAX > 0 && SYNC_PAGES_PER_JOB > 0);
+const _: () = assert!(
+    LEVEL0_FILES_COMPACT < LEVEL0_FILES_SLOW_WRITES
+        && LEVEL0_FILES_SLOW_WRITES < LEVEL0_FILES_STOP_WRITES
+);
+// Busy-family level-0 compactions compete once due (as measured); a
+// higher threshold would leave them idle while level 0 grows.
+const _: () = assert!(LEVEL0_FILES_COMPETE as i32 <= LEVEL0_FILES_COMPACT);

@@ -185,6 +185,9 @@ impl Server {
         for hasher in self.hashers.drain(..) {
             let _ = hasher.join();
         }
+        // From here on every wait is on the store: bounded, so that a store
+        // that cannot write (a full disk) does not keep gustd from exiting.
+        let store_deadline = self.store.cancel_after(crate::limits::SHUTDOWN_STORE_WAIT);
         let _ = self.writer_tx.send(WriterRequest::Shutdown);
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
@@ -199,15 +202,13 @@ impl Server {
             stop.store(true, Ordering::Relaxed);
             let _ = governor.join();
         }
-        match self.store.flush_within(crate::limits::SHUTDOWN_FLUSH_WAIT) {
-            Ok(true) => {}
-            Ok(false) => log::warn!(
-                "the store's memtables were not flushed within {:?} (is the disk full?); \
-                 the next start replays the write-ahead log instead",
-                crate::limits::SHUTDOWN_FLUSH_WAIT
-            ),
+        match self.store.flush() {
+            Ok(()) => {}
+            // Said when the deadline passed.
+            Err(_) if self.store.cancelled() => {}
             Err(e) => log::error!("flushing the store failed: {e}"),
         }
+        drop(store_deadline);
         log::info!("stopped");
     }
 }

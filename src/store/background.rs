@@ -121,7 +121,9 @@ impl Default for Backlog {
 /// waits.
 ///
 /// Compactions compete from [`limits::LEVEL0_FILES_COMPETE`] files in a
-/// family's level 0 (RocksDB starts compacting at 4 and slows writes at 20)
+/// family's level 0 (the messages and dedupe families start compacting at
+/// [`limits::LEVEL0_FILES_COMPACT`] and slow writes at
+/// [`limits::LEVEL0_FILES_SLOW_WRITES`]; the others at RocksDB's 4 and 20)
 /// or [`limits::PENDING_COMPACTION_BYTES_COMPETE`] owed. (A flush installs
 /// its result through the same queue and mutex as a compaction, so it can
 /// wait behind an idle one; making compactions compete whenever flushes do

@@ -186,13 +186,17 @@ impl TestServer {
         }
     }
 
-    /// SIGTERM and wait for the exit status.
+    /// SIGTERM and wait for the exit status: at most the shutdown's grace
+    /// and its deadline for the store, plus `WAIT` for a loaded machine.
     pub fn terminate(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + WAIT;
+        let deadline = Instant::now()
+            + Duration::from_secs(gust::limits::SHUTDOWN_GRACE_SECS)
+            + gust::limits::SHUTDOWN_STORE_WAIT
+            + WAIT;
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
                 return status;

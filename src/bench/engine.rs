@@ -1611,8 +1611,9 @@ impl Worker {
                 self.rate_sent,
                 self.clock_ns
             );
-            // `sends_due` counted it: due by now, up to float rounding.
-            let due_ns = due_ns.min(self.clock_ns);
+            // `sends_due` counted it, so it is due by now up to float
+            // rounding, which the saturation here and `send_message`'s clamp
+            // of the stamp absorb.
             record_ns(
                 &mut self.latencies.send_slip_us,
                 self.clock_ns.saturating_sub(due_ns),

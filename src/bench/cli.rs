@@ -58,6 +58,31 @@ pub fn default_threads() -> usize {
     super::sysinfo::cores().div_ceil(2)
 }
 
+/// Every core. On loopback the connecting side pays for most of both ends'
+/// handshake (the SYN, the server's socket clone and the final ACK run in
+/// the connecting thread's softirq), so one worker, not gustd, set the
+/// connect rate: 19,000-23,000/s against 25,000-27,000/s with two workers
+/// at 10,000 connections, same minutes (BENCHMARKS.md).
+pub fn all_cores() -> usize {
+    super::sysinfo::cores()
+}
+
+/// Per-scenario defaults the shared flags fall back to.
+pub trait ScenarioDefaults {
+    fn default_threads() -> usize {
+        default_threads()
+    }
+}
+
+impl ScenarioDefaults for ConnectArgs {
+    fn default_threads() -> usize {
+        all_cores()
+    }
+}
+impl ScenarioDefaults for IdleArgs {}
+impl ScenarioDefaults for ChatArgs {}
+impl ScenarioDefaults for SyncArgs {}
+
 macro_rules! scenario_args {
     (
         $(#[$meta:meta])*
@@ -76,10 +101,12 @@ macro_rules! scenario_args {
             pub target: String,
 
             /// worker threads, each with its own mio Poll and connections
-            /// (default: half the cores, rounded up, leaving the other half
-            /// to a gustd on the same box; give more on a load box of its own)
-            #[argh(option, default = "default_threads()")]
-            pub threads: usize,
+            /// (default: every core for connect, whose loopback handshakes
+            /// cost the connecting side both ends' kernel work; half the
+            /// cores, rounded up, for the others, leaving the rest to a gustd
+            /// on the same box; give more on a load box of its own)
+            #[argh(option)]
+            pub threads: Option<usize>,
 
             /// local addresses to connect from, round-robin: "127.0.0.2-127.0.0.250",
             /// "127.0.0.2-250", a comma list, or "none" (default for a loopback
@@ -151,7 +178,9 @@ macro_rules! scenario_args {
             pub fn common(&self) -> Common {
                 Common {
                     target: self.target.clone(),
-                    threads: self.threads,
+                    threads: self
+                        .threads
+                        .unwrap_or_else(<Self as ScenarioDefaults>::default_threads),
                     source: self.source.clone(),
                     connect_rate: self.connect_rate,
                     connect_inflight: self.connect_inflight,
@@ -297,6 +326,16 @@ mod tests {
         assert!(common.smoke);
         assert_eq!(common.threads, default_threads());
         assert!(common.threads >= 1);
+        let ScenarioArgs::Connect(connect) = parse(&["connect"]).unwrap().scenario else {
+            panic!("not connect");
+        };
+        assert_eq!(connect.common().threads, all_cores());
+        let ScenarioArgs::Connect(connect) =
+            parse(&["connect", "--threads", "3"]).unwrap().scenario
+        else {
+            panic!("not connect");
+        };
+        assert_eq!(connect.common().threads, 3, "an explicit --threads wins");
         assert_eq!(common.target, "127.0.0.1:7700");
         assert_eq!(common.source.as_deref(), Some("127.0.0.2-9"));
         assert!(!common.sched_normal, "workers run SCHED_BATCH by default");

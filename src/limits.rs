@@ -68,6 +68,21 @@ pub const WAL_BYTES_MAX_DEFAULT: u64 = 512 * 1024 * 1024;
 /// would flush almost every write.
 pub const WAL_BYTES_MAX_FLOOR: u64 = 16 * 1024 * 1024;
 
+/// RocksDB's block cache for the messages family (128 MiB): its data blocks
+/// read by catch-up and history, and its index blocks. The index is what
+/// would otherwise grow with the log: RocksDB keeps every table's index in
+/// memory outside any cache unless told to cache it, ~1.25 bytes per stored
+/// message (plus as much again for a bloom filter the family no longer
+/// has). In the cache, partitioned, the index costs what this bound allows;
+/// the top level of each table's index and the level-0 tables' indexes stay
+/// pinned, so the newest messages, which catch-up reads, never wait on a
+/// miss. `--block-cache-bytes` sets it.
+pub const BLOCK_CACHE_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
+
+/// Smallest configurable block cache: below a few MiB the pinned index
+/// blocks alone would fill it.
+pub const BLOCK_CACHE_BYTES_FLOOR: u64 = 8 * 1024 * 1024;
+
 /// Memtables of 64 MiB each that the busy families (messages, dedupe) may
 /// hold before RocksDB stops writes; the others keep RocksDB's two. The
 /// third gives a flush running on idle CPU time a whole memtable of slack

@@ -106,6 +106,11 @@ pub struct Flags {
     #[argh(option, default = "limits::WAL_BYTES_MAX_DEFAULT")]
     pub wal_bytes_max: u64,
 
+    /// bytes of RocksDB block cache for the messages log, which holds its
+    /// index: bounds what a growing log costs in memory (default 134217728)
+    #[argh(option, default = "limits::BLOCK_CACHE_BYTES_DEFAULT")]
+    pub block_cache_bytes: u64,
+
     /// how RocksDB's flushes and compactions write: "direct" (default:
     /// O_DIRECT, around the page cache, so the write-ahead log's fsyncs do
     /// not queue behind their writeback bursts) or "buffered" (through the
@@ -261,6 +266,12 @@ impl Config {
                 limits::WAL_BYTES_MAX_FLOOR
             ));
         }
+        if flags.block_cache_bytes < limits::BLOCK_CACHE_BYTES_FLOOR {
+            return Err(format!(
+                "--block-cache-bytes must be at least {}",
+                limits::BLOCK_CACHE_BYTES_FLOOR
+            ));
+        }
         let compaction_io = one_of(
             "--compaction-io",
             &flags.compaction_io,
@@ -287,6 +298,7 @@ impl Config {
                 durability,
                 wal_bytes_max: flags.wal_bytes_max,
                 compaction_io,
+                block_cache_bytes: flags.block_cache_bytes,
             },
             background_priority,
             log_level,
@@ -359,6 +371,21 @@ mod tests {
         let below = (limits::WAL_BYTES_MAX_FLOOR - 1).to_string();
         let error = config(&["--wal-bytes-max", &below]).expect_err("below the floor");
         assert!(error.contains("--wal-bytes-max"), "{error}");
+    }
+
+    #[test]
+    fn block_cache_defaults_and_floor() {
+        let default = config(&[]).expect("defaults are valid");
+        assert_eq!(
+            default.store.block_cache_bytes,
+            limits::BLOCK_CACHE_BYTES_DEFAULT
+        );
+        let floor = limits::BLOCK_CACHE_BYTES_FLOOR.to_string();
+        let set = config(&["--block-cache-bytes", &floor]).expect("the floor is valid");
+        assert_eq!(set.store.block_cache_bytes, limits::BLOCK_CACHE_BYTES_FLOOR);
+        let below = (limits::BLOCK_CACHE_BYTES_FLOOR - 1).to_string();
+        let error = config(&["--block-cache-bytes", &below]).expect_err("below the floor");
+        assert!(error.contains("--block-cache-bytes"), "{error}");
     }
 
     #[test]

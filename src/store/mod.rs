@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, Direction, IteratorMode, Options,
-    ReadOptions, WriteBatch, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamily, ColumnFamilyDescriptor, Direction,
+    IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions, DB,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -224,6 +224,9 @@ pub struct StoreConfig {
     /// [`limits::WAL_BYTES_MAX_DEFAULT`].
     pub wal_bytes_max: u64,
     pub compaction_io: CompactionIo,
+    /// The messages family's block cache, which holds its index too; see
+    /// [`limits::BLOCK_CACHE_BYTES_DEFAULT`].
+    pub block_cache_bytes: u64,
 }
 
 impl Store {
@@ -235,6 +238,7 @@ impl Store {
                 durability,
                 wal_bytes_max: limits::WAL_BYTES_MAX_DEFAULT,
                 compaction_io: CompactionIo::Direct,
+                block_cache_bytes: limits::BLOCK_CACHE_BYTES_DEFAULT,
             },
         )
     }
@@ -270,17 +274,41 @@ impl Store {
                 options.set_use_direct_io_for_flush_and_compaction(true);
             }
         }
+        let messages_cache =
+            Cache::new_lru_cache(usize::try_from(config.block_cache_bytes).unwrap_or(usize::MAX));
         let families = FAMILIES.iter().map(|name| {
             let mut family = Options::default();
             let mut table = BlockBasedOptions::default();
-            // Point lookups (dedupe, sessions, usernames) mostly miss or hit
-            // one key: a bloom filter turns a miss into no disk read.
-            let bits_per_key = if *name == CF_DEDUPE {
-                DEDUPE_FILTER_BITS_PER_KEY
+            if *name == CF_MESSAGES {
+                // The log only grows, and RocksDB would keep every table's
+                // index in memory for as long as the table exists: ~1.25
+                // bytes per stored message, and as much again for a bloom
+                // filter. The family is read by range (catch-up, history,
+                // the newest message) and by point reads that always hit
+                // (history by time), where a whole-key filter saves nothing,
+                // so it has none; its index lives in a bounded cache,
+                // partitioned so that a miss loads one 4 KiB partition, with
+                // each table's top level and the level-0 tables pinned.
+                table.set_block_cache(&messages_cache);
+                table.set_cache_index_and_filter_blocks(true);
+                table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+                table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+                table.set_metadata_block_size(4096);
+                table.set_pin_top_level_index_and_filter(true);
             } else {
-                FILTER_BITS_PER_KEY
-            };
-            table.set_bloom_filter(bits_per_key, false);
+                // Point lookups (dedupe, sessions, usernames) mostly miss or
+                // hit one key: a bloom filter turns a miss into no disk read.
+                // The dedupe family's filters and index stay resident: every
+                // send looks it up, and from a cache each of those probes
+                // (one per level-0 table) cost a lookup and, at 256 MiB, a
+                // storage writer that fell behind (BENCHMARKS.md).
+                let bits_per_key = if *name == CF_DEDUPE {
+                    DEDUPE_FILTER_BITS_PER_KEY
+                } else {
+                    FILTER_BITS_PER_KEY
+                };
+                table.set_bloom_filter(bits_per_key, false);
+            }
             family.set_block_based_table_factory(&table);
             if *name == CF_MESSAGES {
                 family.set_write_buffer_size(64 * 1024 * 1024);
@@ -1101,6 +1129,143 @@ mod tests {
         }
     }
 
+    /// With a cache far smaller than the log, every message still reads
+    /// back (by range, backwards and by point), and the tables keep only a
+    /// few hundred bytes each outside the cache, where the dedupe family,
+    /// whose index and filter stay resident, keeps them per entry.
+    #[test]
+    fn a_log_larger_than_its_cache_reads_back_whole_and_keeps_its_index_in_the_cache() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = StoreConfig {
+            durability: Durability::Buffered,
+            wal_bytes_max: limits::WAL_BYTES_MAX_DEFAULT,
+            compaction_io: CompactionIo::Buffered,
+            block_cache_bytes: 256 * 1024,
+        };
+        let store = Store::open_with(dir.path(), config).expect("open");
+        let text =
+            |conversation: u64, seq: u64| format!("c{conversation} s{seq} {}", "y".repeat(200));
+        let (conversations, rounds, per_round) = (40u64, 4u64, 500u64);
+        for round in 0..rounds {
+            let mut batch = store.batch();
+            for conversation in 1..=conversations {
+                for i in 0..per_round {
+                    let seq = round * per_round + i + 1;
+                    batch
+                        .put_message(conversation, seq, Bytes::from(text(conversation, seq)))
+                        .expect("put");
+                    let record = DedupeRecord {
+                        message_id: seq,
+                        conversation_id: conversation,
+                        seq,
+                        server_time_ms: seq,
+                    };
+                    batch.put_dedupe(conversation, seq, &record).expect("put");
+                }
+            }
+            store.commit(batch).expect("commit");
+            store.flush().expect("flush");
+        }
+        let last = rounds * per_round;
+        for conversation in 1..=conversations {
+            let mut next = 1;
+            store
+                .scan_messages(conversation, 1, last, |seq, bytes| {
+                    assert_eq!(seq, next);
+                    assert_eq!(bytes, text(conversation, seq).as_bytes());
+                    next += 1;
+                    true
+                })
+                .expect("scan");
+            assert_eq!(next, last + 1, "conversation {conversation} whole");
+            let mut newest = None;
+            store
+                .scan_messages_back(conversation, 1, last, |seq, _| {
+                    newest = Some(seq);
+                    false
+                })
+                .expect("scan back");
+            assert_eq!(newest, Some(last));
+            let middle = store.message(conversation, last / 2).expect("read");
+            assert_eq!(
+                middle.as_deref(),
+                Some(text(conversation, last / 2).as_bytes())
+            );
+        }
+        let outside_cache = |family: &'static str| {
+            let cf = store.family(family).expect("family");
+            store
+                .db
+                .property_int_value_cf(cf, "rocksdb.estimate-table-readers-mem")
+                .expect("property")
+                .expect("a value")
+        };
+        let (messages, dedupe) = (outside_cache(CF_MESSAGES), outside_cache(CF_DEDUPE));
+        let stored = conversations * last;
+        // A few KiB per table, not bytes per message: a quarter of a byte
+        // per message here, with tables a hundredth of a real flush.
+        assert!(
+            messages * 4 < stored,
+            "messages: {messages} bytes outside the cache for {stored} messages"
+        );
+        // 20 bits of filter per entry, resident (and so this check can fail).
+        assert!(
+            dedupe > stored * 2,
+            "dedupe: {dedupe} bytes resident for {stored} entries"
+        );
+    }
+
+    /// One family's table options, from the options file RocksDB wrote.
+    fn table_options(options: &str, family: &str) -> String {
+        let header = format!("[TableOptions/BlockBasedTable \"{family}\"]");
+        let start = options.find(&header).expect("the family's table options");
+        let section = &options[start + header.len()..];
+        let end = section.find("\n[").unwrap_or(section.len());
+        section[..end].to_string()
+    }
+
+    #[test]
+    fn the_messages_index_lives_in_a_bounded_cache_and_the_dedupe_filter_stays() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = StoreConfig {
+            durability: Durability::Buffered,
+            wal_bytes_max: limits::WAL_BYTES_MAX_DEFAULT,
+            compaction_io: CompactionIo::Buffered,
+            block_cache_bytes: limits::BLOCK_CACHE_BYTES_FLOOR,
+        };
+        let _store = Store::open_with(dir.path(), config).expect("open");
+        let options = options_file(dir.path());
+        let messages = table_options(&options, CF_MESSAGES);
+        for line in [
+            "cache_index_and_filter_blocks=true",
+            "pin_l0_filter_and_index_blocks_in_cache=true",
+            "pin_top_level_index_and_filter=true",
+            "index_type=kTwoLevelIndexSearch",
+            "metadata_block_size=4096",
+            "filter_policy=nullptr",
+        ] {
+            assert!(
+                messages.lines().any(|l| l.trim() == line),
+                "messages lacks {line}:{messages}"
+            );
+        }
+        // Every send probes the dedupe family: its filter stays, resident.
+        let dedupe = table_options(&options, CF_DEDUPE);
+        for line in [
+            "cache_index_and_filter_blocks=false",
+            "index_type=kBinarySearch",
+        ] {
+            assert!(
+                dedupe.lines().any(|l| l.trim() == line),
+                "dedupe lacks {line}:{dedupe}"
+            );
+        }
+        assert!(
+            !dedupe.lines().any(|l| l.trim() == "filter_policy=nullptr"),
+            "dedupe keeps its bloom filter:{dedupe}"
+        );
+    }
+
     #[test]
     fn a_flush_that_does_not_end_is_cancelled_at_the_deadline() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -1201,6 +1366,7 @@ mod tests {
             durability: Durability::Buffered,
             wal_bytes_max,
             compaction_io: CompactionIo::Direct,
+            block_cache_bytes: limits::BLOCK_CACHE_BYTES_DEFAULT,
         };
         let store = Store::open_with(dir.path(), config).expect("open");
         let mut batch = store.batch();
@@ -1282,6 +1448,7 @@ mod tests {
                 durability: Durability::Sync,
                 wal_bytes_max: limits::WAL_BYTES_MAX_DEFAULT,
                 compaction_io,
+                block_cache_bytes: limits::BLOCK_CACHE_BYTES_DEFAULT,
             };
             let store = Store::open_with(dir.path(), config).expect("open");
             // Four flushed files of interleaved conversations, then one

@@ -69,19 +69,25 @@ pub const WAL_BYTES_MAX_DEFAULT: u64 = 512 * 1024 * 1024;
 pub const WAL_BYTES_MAX_FLOOR: u64 = 16 * 1024 * 1024;
 
 /// RocksDB's block cache for the messages family (128 MiB): its data blocks
-/// read by catch-up and history, and its index blocks. The index is what
-/// would otherwise grow with the log: RocksDB keeps every table's index in
-/// memory outside any cache unless told to cache it, ~1.25 bytes per stored
-/// message (plus as much again for a bloom filter the family no longer
-/// has). In the cache, partitioned, the index costs what this bound allows;
-/// the top level of each table's index and the level-0 tables' indexes stay
-/// pinned, so the newest messages, which catch-up reads, never wait on a
-/// miss. `--block-cache-bytes` sets it.
+/// read by catch-up and history, and its index and filter, partitioned.
+/// Those would otherwise grow with the log: RocksDB keeps every table's
+/// index and filter in memory outside any cache unless told to cache them,
+/// ~2.5 bytes per stored message. What stays pinned beyond the bound: each
+/// table's top-level index (~1/150 of the index) and the level-0 tables'
+/// index and filter blocks, so that the newest messages, which catch-up
+/// reads, never wait on an index or filter miss (up to ~16 MiB with level
+/// 0 at its write slowdown; RocksDB's cache lets pinned blocks exceed its
+/// capacity). `--block-cache-bytes` sets it.
 pub const BLOCK_CACHE_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
 
-/// Smallest configurable block cache: below a few MiB the pinned index
-/// blocks alone would fill it.
-pub const BLOCK_CACHE_BYTES_FLOOR: u64 = 8 * 1024 * 1024;
+/// Smallest configurable block cache: about what level 0's pinned blocks
+/// take at the write slowdown, so that data blocks keep some room.
+pub const BLOCK_CACHE_BYTES_FLOOR: u64 = 16 * 1024 * 1024;
+
+/// Largest configurable block cache (1 TiB): RocksDB splits the capacity
+/// into shards with arithmetic that wraps near `u64::MAX`, leaving a cache
+/// of nothing.
+pub const BLOCK_CACHE_BYTES_CEILING: u64 = 1 << 40;
 
 /// Memtables of 64 MiB each that the busy families (messages, dedupe) may
 /// hold before RocksDB stops writes; the others keep RocksDB's two. The

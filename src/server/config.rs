@@ -107,7 +107,8 @@ pub struct Flags {
     pub wal_bytes_max: u64,
 
     /// bytes of RocksDB block cache for the messages log, which holds its
-    /// index: bounds what a growing log costs in memory (default 134217728)
+    /// index and filter: bounds what a growing log costs in memory
+    /// (default 134217728, at least 16777216)
     #[argh(option, default = "limits::BLOCK_CACHE_BYTES_DEFAULT")]
     pub block_cache_bytes: u64,
 
@@ -266,10 +267,13 @@ impl Config {
                 limits::WAL_BYTES_MAX_FLOOR
             ));
         }
-        if flags.block_cache_bytes < limits::BLOCK_CACHE_BYTES_FLOOR {
+        if !(limits::BLOCK_CACHE_BYTES_FLOOR..=limits::BLOCK_CACHE_BYTES_CEILING)
+            .contains(&flags.block_cache_bytes)
+        {
             return Err(format!(
-                "--block-cache-bytes must be at least {}",
-                limits::BLOCK_CACHE_BYTES_FLOOR
+                "--block-cache-bytes must be between {} and {}",
+                limits::BLOCK_CACHE_BYTES_FLOOR,
+                limits::BLOCK_CACHE_BYTES_CEILING
             ));
         }
         let compaction_io = one_of(
@@ -385,6 +389,15 @@ mod tests {
         assert_eq!(set.store.block_cache_bytes, limits::BLOCK_CACHE_BYTES_FLOOR);
         let below = (limits::BLOCK_CACHE_BYTES_FLOOR - 1).to_string();
         let error = config(&["--block-cache-bytes", &below]).expect_err("below the floor");
+        assert!(error.contains("--block-cache-bytes"), "{error}");
+        let ceiling = limits::BLOCK_CACHE_BYTES_CEILING.to_string();
+        let set = config(&["--block-cache-bytes", &ceiling]).expect("the ceiling is valid");
+        assert_eq!(
+            set.store.block_cache_bytes,
+            limits::BLOCK_CACHE_BYTES_CEILING
+        );
+        let error =
+            config(&["--block-cache-bytes", &u64::MAX.to_string()]).expect_err("above the ceiling");
         assert!(error.contains("--block-cache-bytes"), "{error}");
     }
 

@@ -281,20 +281,26 @@ impl Store {
             let mut table = BlockBasedOptions::default();
             if *name == CF_MESSAGES {
                 // The log only grows, and RocksDB would keep every table's
-                // index in memory for as long as the table exists: ~1.25
-                // bytes per stored message, and as much again for a bloom
-                // filter. The family is read by range (catch-up, history,
-                // the newest message) and by point reads that always hit
-                // (history by time), where a whole-key filter saves nothing,
-                // so it has none; its index lives in a bounded cache,
-                // partitioned so that a miss loads one 4 KiB partition, with
-                // each table's top level and the level-0 tables pinned.
+                // index and filter in memory for as long as the table
+                // exists: ~2.5 bytes per stored message. Both are
+                // partitioned and live in a bounded cache, so a miss loads
+                // one 4 KiB partition; each table's top level (~1/150 of
+                // its index) and the level-0 tables' blocks stay pinned.
+                // The family is read by range (catch-up, history, the
+                // newest message), where a whole-key filter plays no part,
+                // and by point reads that always hit (history by time):
+                // there the filter spares the newer tables whose range the
+                // key falls in, but not the level that holds it, so the
+                // bottom level, most of the keys, has none.
                 table.set_block_cache(&messages_cache);
                 table.set_cache_index_and_filter_blocks(true);
                 table.set_pin_l0_filter_and_index_blocks_in_cache(true);
                 table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
                 table.set_metadata_block_size(4096);
                 table.set_pin_top_level_index_and_filter(true);
+                table.set_bloom_filter(FILTER_BITS_PER_KEY, false);
+                table.set_partition_filters(true);
+                family.set_optimize_filters_for_hits(true);
             } else {
                 // Point lookups (dedupe, sessions, usernames) mostly miss or
                 // hit one key: a bloom filter turns a miss into no disk read.
@@ -1129,10 +1135,11 @@ mod tests {
         }
     }
 
-    /// With a cache far smaller than the log, every message still reads
-    /// back (by range, backwards and by point), and the tables keep only a
-    /// few hundred bytes each outside the cache, where the dedupe family,
-    /// whose index and filter stay resident, keeps them per entry.
+    /// With a cache smaller than the log's index, every message still reads
+    /// back (by range, backwards and by point) once the tables are compacted
+    /// out of level 0 (whose blocks are pinned), and the tables keep a few
+    /// KiB each outside the cache, where the dedupe family, whose index and
+    /// filter stay resident, keeps bytes per entry.
     #[test]
     fn a_log_larger_than_its_cache_reads_back_whole_and_keeps_its_index_in_the_cache() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -1140,7 +1147,7 @@ mod tests {
             durability: Durability::Buffered,
             wal_bytes_max: limits::WAL_BYTES_MAX_DEFAULT,
             compaction_io: CompactionIo::Buffered,
-            block_cache_bytes: 256 * 1024,
+            block_cache_bytes: 64 * 1024,
         };
         let store = Store::open_with(dir.path(), config).expect("open");
         let text =
@@ -1166,6 +1173,10 @@ mod tests {
             store.commit(batch).expect("commit");
             store.flush().expect("flush");
         }
+        let messages_family = store.family(CF_MESSAGES).expect("family");
+        store
+            .db
+            .compact_range_cf(messages_family, None::<&[u8]>, None::<&[u8]>);
         let last = rounds * per_round;
         for conversation in 1..=conversations {
             let mut next = 1;
@@ -1242,18 +1253,31 @@ mod tests {
             "pin_top_level_index_and_filter=true",
             "index_type=kTwoLevelIndexSearch",
             "metadata_block_size=4096",
-            "filter_policy=nullptr",
+            "partition_filters=true",
         ] {
             assert!(
                 messages.lines().any(|l| l.trim() == line),
                 "messages lacks {line}:{messages}"
             );
         }
+        let has_filter = |section: &str| {
+            section.lines().any(|l| {
+                let l = l.trim();
+                l.starts_with("filter_policy=") && l != "filter_policy=nullptr"
+            })
+        };
+        assert!(has_filter(&messages), "messages has a filter:{messages}");
+        assert_eq!(
+            options.matches("optimize_filters_for_hits=true").count(),
+            1,
+            "only the messages family leaves its bottom level unfiltered"
+        );
         // Every send probes the dedupe family: its filter stays, resident.
         let dedupe = table_options(&options, CF_DEDUPE);
         for line in [
             "cache_index_and_filter_blocks=false",
             "index_type=kBinarySearch",
+            "partition_filters=false",
         ] {
             assert!(
                 dedupe.lines().any(|l| l.trim() == line),
@@ -1261,7 +1285,7 @@ mod tests {
             );
         }
         assert!(
-            !dedupe.lines().any(|l| l.trim() == "filter_policy=nullptr"),
+            has_filter(&dedupe),
             "dedupe keeps its bloom filter:{dedupe}"
         );
     }

@@ -68,9 +68,11 @@ pub const WAL_BYTES_MAX_DEFAULT: u64 = 512 * 1024 * 1024;
 /// would flush almost every write.
 pub const WAL_BYTES_MAX_FLOOR: u64 = 16 * 1024 * 1024;
 
-/// RocksDB's block cache for the messages family (128 MiB): its data blocks
-/// read by catch-up and history, and its index and filter, partitioned.
-/// Those would otherwise grow with the log: RocksDB keeps every table's
+/// RocksDB's block cache (128 MiB), one for every family: the data blocks
+/// reads go through (catch-up and history, sessions at resume,
+/// conversations as they load; without it RocksDB gives each of the nine
+/// families a cache of its own, 32 MiB each), and the messages family's
+/// index and filter, partitioned. Those would otherwise grow with the log: RocksDB keeps every table's
 /// index and filter in memory outside any cache unless told to cache them,
 /// ~2.5 bytes per stored message. What stays pinned beyond the bound: each
 /// table's top-level index (~1/150 of the index) and the level-0 tables'

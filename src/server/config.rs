@@ -106,9 +106,9 @@ pub struct Flags {
     #[argh(option, default = "limits::WAL_BYTES_MAX_DEFAULT")]
     pub wal_bytes_max: u64,
 
-    /// bytes of RocksDB block cache for the messages log, which holds its
-    /// index and filter: bounds what a growing log costs in memory
-    /// (default 134217728, at least 16777216)
+    /// bytes of RocksDB block cache, shared by every family, which also
+    /// holds the messages log's index and filter: bounds what a growing log
+    /// costs in memory (default 134217728, at least 16777216)
     #[argh(option, default = "limits::BLOCK_CACHE_BYTES_DEFAULT")]
     pub block_cache_bytes: u64,
 

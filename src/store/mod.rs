@@ -274,11 +274,15 @@ impl Store {
                 options.set_use_direct_io_for_flush_and_compaction(true);
             }
         }
-        let messages_cache =
+        // One cache for every family's data blocks (without it RocksDB gives
+        // each family its own 32 MiB), which holds the messages family's
+        // index and filter too.
+        let block_cache =
             Cache::new_lru_cache(usize::try_from(config.block_cache_bytes).unwrap_or(usize::MAX));
         let families = FAMILIES.iter().map(|name| {
             let mut family = Options::default();
             let mut table = BlockBasedOptions::default();
+            table.set_block_cache(&block_cache);
             if *name == CF_MESSAGES {
                 // The log only grows, and RocksDB would keep every table's
                 // index and filter in memory for as long as the table
@@ -292,7 +296,6 @@ impl Store {
                 // there the filter spares the newer tables whose range the
                 // key falls in, but not the level that holds it, so the
                 // bottom level, most of the keys, has none.
-                table.set_block_cache(&messages_cache);
                 table.set_cache_index_and_filter_blocks(true);
                 table.set_pin_l0_filter_and_index_blocks_in_cache(true);
                 table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
@@ -1244,7 +1247,7 @@ mod tests {
             compaction_io: CompactionIo::Buffered,
             block_cache_bytes: limits::BLOCK_CACHE_BYTES_FLOOR,
         };
-        let _store = Store::open_with(dir.path(), config).expect("open");
+        let store = Store::open_with(dir.path(), config).expect("open");
         let options = options_file(dir.path());
         let messages = table_options(&options, CF_MESSAGES);
         for line in [
@@ -1259,6 +1262,15 @@ mod tests {
                 messages.lines().any(|l| l.trim() == line),
                 "messages lacks {line}:{messages}"
             );
+        }
+        // One cache of the configured size behind every family.
+        for name in FAMILIES {
+            let cf = store.family(name).expect("family");
+            let capacity = store
+                .db
+                .property_int_value_cf(cf, "rocksdb.block-cache-capacity")
+                .expect("property");
+            assert_eq!(capacity, Some(limits::BLOCK_CACHE_BYTES_FLOOR), "{name}");
         }
         let has_filter = |section: &str| {
             section.lines().any(|l| {

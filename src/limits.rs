@@ -70,8 +70,8 @@ pub const WAL_BYTES_MAX_FLOOR: u64 = 16 * 1024 * 1024;
 
 /// RocksDB's block cache (128 MiB), one for every family: the data blocks
 /// reads go through (catch-up and history, sessions at resume,
-/// conversations as they load; without it RocksDB gives each of the nine
-/// families a cache of its own, 32 MiB each), and the messages family's
+/// conversations as they load; without it RocksDB gives each family a
+/// cache of its own, 32 MiB each), and the messages family's
 /// index and filter, partitioned. Those would otherwise grow with the log: RocksDB keeps every table's
 /// index and filter in memory outside any cache unless told to cache them,
 /// ~2.5 bytes per stored message. What stays pinned beyond the bound: each

@@ -224,8 +224,8 @@ pub struct StoreConfig {
     /// [`limits::WAL_BYTES_MAX_DEFAULT`].
     pub wal_bytes_max: u64,
     pub compaction_io: CompactionIo,
-    /// The messages family's block cache, which holds its index too; see
-    /// [`limits::BLOCK_CACHE_BYTES_DEFAULT`].
+    /// The block cache every family shares, which holds the messages
+    /// family's index and filter too; see [`limits::BLOCK_CACHE_BYTES_DEFAULT`].
     pub block_cache_bytes: u64,
 }
 
@@ -277,8 +277,13 @@ impl Store {
         // One cache for every family's data blocks (without it RocksDB gives
         // each family its own 32 MiB), which holds the messages family's
         // index and filter too.
+        // Held to the ceiling here too: RocksDB's per-shard arithmetic wraps
+        // near the top of the range (and a 32-bit usize takes half of it).
+        let block_cache_bytes = config
+            .block_cache_bytes
+            .min(limits::BLOCK_CACHE_BYTES_CEILING);
         let block_cache =
-            Cache::new_lru_cache(usize::try_from(config.block_cache_bytes).unwrap_or(usize::MAX));
+            Cache::new_lru_cache(usize::try_from(block_cache_bytes).unwrap_or(usize::MAX >> 1));
         let families = FAMILIES.iter().map(|name| {
             let mut family = Options::default();
             let mut table = BlockBasedOptions::default();

@@ -229,18 +229,22 @@ pub struct StoreConfig {
     pub block_cache_bytes: u64,
 }
 
+impl StoreConfig {
+    /// `durability` with every other setting at its default.
+    pub fn with_durability(durability: Durability) -> StoreConfig {
+        StoreConfig {
+            durability,
+            wal_bytes_max: limits::WAL_BYTES_MAX_DEFAULT,
+            compaction_io: CompactionIo::Direct,
+            block_cache_bytes: limits::BLOCK_CACHE_BYTES_DEFAULT,
+        }
+    }
+}
+
 impl Store {
-    /// Opens with the default log bound.
+    /// Opens with every setting but the durability at its default.
     pub fn open(path: &Path, durability: Durability) -> StoreResult<Store> {
-        Store::open_with(
-            path,
-            StoreConfig {
-                durability,
-                wal_bytes_max: limits::WAL_BYTES_MAX_DEFAULT,
-                compaction_io: CompactionIo::Direct,
-                block_cache_bytes: limits::BLOCK_CACHE_BYTES_DEFAULT,
-            },
-        )
+        Store::open_with(path, StoreConfig::with_durability(durability))
     }
 
     pub fn open_with(path: &Path, config: StoreConfig) -> StoreResult<Store> {
@@ -276,9 +280,9 @@ impl Store {
         }
         // One cache for every family's data blocks (without it RocksDB gives
         // each family its own 32 MiB), which holds the messages family's
-        // index and filter too.
-        // Held to the ceiling here too: RocksDB's per-shard arithmetic wraps
-        // near the top of the range (and a 32-bit usize takes half of it).
+        // index and filter too. Its size is held to the ceiling here as well
+        // as in the flags: RocksDB's per-shard arithmetic wraps near the top
+        // of the range (and a 32-bit usize takes half of it).
         let block_cache_bytes = config
             .block_cache_bytes
             .min(limits::BLOCK_CACHE_BYTES_CEILING);
@@ -1112,13 +1116,7 @@ mod tests {
     fn rocksdb_runs_two_compactions_and_compacts_busy_families_eight_files_at_a_time() {
         let dir = tempfile::tempdir().expect("temp dir");
         let _store = Store::open(dir.path(), Durability::Buffered).expect("open");
-        // RocksDB writes the options it opened with into the directory.
-        let options: String = std::fs::read_dir(dir.path())
-            .expect("data dir")
-            .filter_map(Result::ok)
-            .filter(|entry| entry.file_name().to_string_lossy().starts_with("OPTIONS-"))
-            .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
-            .collect();
+        let options = options_file(dir.path());
         assert!(
             options.contains(&format!("max_background_jobs={ROCKSDB_BACKGROUND_JOBS}")),
             "{options}"
@@ -1152,10 +1150,9 @@ mod tests {
     fn a_log_larger_than_its_cache_reads_back_whole_and_keeps_its_index_in_the_cache() {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = StoreConfig {
-            durability: Durability::Buffered,
-            wal_bytes_max: limits::WAL_BYTES_MAX_DEFAULT,
             compaction_io: CompactionIo::Buffered,
             block_cache_bytes: 64 * 1024,
+            ..StoreConfig::with_durability(Durability::Buffered)
         };
         let store = Store::open_with(dir.path(), config).expect("open");
         let text =
@@ -1247,10 +1244,9 @@ mod tests {
     fn the_messages_index_lives_in_a_bounded_cache_and_the_dedupe_filter_stays() {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = StoreConfig {
-            durability: Durability::Buffered,
-            wal_bytes_max: limits::WAL_BYTES_MAX_DEFAULT,
             compaction_io: CompactionIo::Buffered,
             block_cache_bytes: limits::BLOCK_CACHE_BYTES_FLOOR,
+            ..StoreConfig::with_durability(Durability::Buffered)
         };
         let store = Store::open_with(dir.path(), config).expect("open");
         let options = options_file(dir.path());
@@ -1404,10 +1400,8 @@ mod tests {
     fn wal_bytes_after_48_mib(wal_bytes_max: u64) -> u64 {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = StoreConfig {
-            durability: Durability::Buffered,
             wal_bytes_max,
-            compaction_io: CompactionIo::Direct,
-            block_cache_bytes: limits::BLOCK_CACHE_BYTES_DEFAULT,
+            ..StoreConfig::with_durability(Durability::Buffered)
         };
         let store = Store::open_with(dir.path(), config).expect("open");
         let mut batch = store.batch();
@@ -1486,10 +1480,8 @@ mod tests {
         for compaction_io in [CompactionIo::Direct, CompactionIo::Buffered] {
             let dir = tempfile::tempdir().expect("temp dir");
             let config = StoreConfig {
-                durability: Durability::Sync,
-                wal_bytes_max: limits::WAL_BYTES_MAX_DEFAULT,
                 compaction_io,
-                block_cache_bytes: limits::BLOCK_CACHE_BYTES_DEFAULT,
+                ..StoreConfig::with_durability(Durability::Sync)
             };
             let store = Store::open_with(dir.path(), config).expect("open");
             // Four flushed files of interleaved conversations, then one

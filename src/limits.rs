@@ -44,6 +44,20 @@ pub const URL_BYTES_MAX: usize = 2 * 1024;
 pub const CUSTOM_DATA_BYTES_MAX: usize = 64 * 1024;
 /// Short labels: file names, location labels, custom kinds, group names.
 pub const LABEL_BYTES_MAX: usize = 256;
+/// Bytes a page (sync, history, conversation list) adds around its items, at
+/// most: the item count (a varint, 9 bytes at most), the `more` flag and the
+/// 16-byte AEAD tag of an encrypted connection. Pages are closed before
+/// their items would pass the payload limit less this.
+pub const PAGE_FRAMING_BYTES_MAX: usize = 32;
+/// Bytes a message's frames add to the `send` body that carried it, at most:
+/// the stored `Message` has five more u64 fields than the `send` (45 bytes
+/// as varints at most, less the 2 of the send's target), a conversation
+/// list's summary puts 64 bytes of its own fields around it, and a page adds
+/// [`PAGE_FRAMING_BYTES_MAX`]. A `send` whose payload is within this much of
+/// the payload limit is refused `too_large`, so that every stored message
+/// fits a `deliver`, a page and a conversation list entry on its own
+/// (checked against real encodings in `chat::frames`' tests).
+pub const MESSAGE_FRAMING_BYTES_MAX: usize = 160;
 /// Cursors a single sync request may carry (one per conversation).
 pub const SYNC_CURSORS_MAX: usize = 10_000;
 /// Messages per sync or history page when the client asks for more (or 0).
@@ -152,6 +166,8 @@ pub const BACKGROUND_THREADS_RESCAN: std::time::Duration = std::time::Duration::
 pub const SESSION_TOKEN_LEN: usize = 32;
 
 const _: () = assert!(PAYLOAD_LEN_FLOOR <= PAYLOAD_LEN_DEFAULT);
+// Even at the floor, a send has room for a message.
+const _: () = assert!(MESSAGE_FRAMING_BYTES_MAX * 8 < PAYLOAD_LEN_FLOOR as usize);
 const _: () = assert!(PAYLOAD_LEN_DEFAULT <= PAYLOAD_LEN_CEILING);
 const _: () = assert!(WAL_BYTES_MAX_FLOOR <= WAL_BYTES_MAX_DEFAULT);
 // A maximal text message with maximal extras and URL must fit a frame with the
@@ -173,6 +189,11 @@ const _: () =
 /// Reads of one connection per turn before the others get a go: 4 x 64 KiB
 /// keeps one fast sender from starving a shard's other connections.
 pub const READS_PER_TURN: usize = 4;
+/// History and conversation-list requests one connection may have at the
+/// readers at once. Each answer can be a page as large as the payload limit,
+/// so the connection is not read while it has this many; one more in the
+/// bytes already read is answered `server_busy`.
+pub const READS_IN_FLIGHT_MAX: u8 = 4;
 /// Size of each shard's read scratch buffer. Whole frames are parsed from it
 /// in place; a connection keeps only a trailing partial frame of its own.
 pub const SCRATCH_BYTES: usize = 64 * 1024;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use common::*;
 use gust::protocol::cipher::NoCipher;
+use gust::protocol::frame;
 use gust::protocol::*;
 
 /// A raw socket that speaks frames by hand.
@@ -106,9 +107,13 @@ impl Raw {
 
     fn ping_works(&mut self) {
         self.send(77, &Body::Ping(Ping { nonce: 5 }));
+        self.expect_pong(77, 5);
+    }
+
+    fn expect_pong(&mut self, request_id: u32, nonce: u64) {
         match self.next() {
-            Some((77, Body::Pong(pong))) => assert_eq!(pong.nonce, 5),
-            other => panic!("expected pong, got {other:?}"),
+            Some((id, Body::Pong(pong))) if id == request_id => assert_eq!(pong.nonce, nonce),
+            other => panic!("expected pong {nonce} to request {request_id}, got {other:?}"),
         }
     }
 }
@@ -119,6 +124,21 @@ fn the_first_frame_must_be_hello() {
     let mut raw = Raw::connect(&server);
     raw.send(1, &Body::Ping(Ping { nonce: 1 }));
     raw.expect_error(1, StatusCode::BadFrame, true);
+    // An unknown command first is as final, and so is a server-to-client one.
+    let mut raw = Raw::connect(&server);
+    let mut out = BytesMut::new();
+    frame::encode_raw_frame(&mut out, 1, 2, 0x7777, &[], &mut NoCipher, u32::MAX).expect("encode");
+    raw.stream.write_all(&out).expect("write");
+    raw.expect_error(2, StatusCode::BadFrame, true);
+    let mut raw = Raw::connect(&server);
+    raw.send(
+        3,
+        &Body::Pong(Pong {
+            nonce: 1,
+            server_time_ms: 0,
+        }),
+    );
+    raw.expect_error(3, StatusCode::BadFrame, true);
 }
 
 #[test]
@@ -314,6 +334,20 @@ fn accounts_refuse_bad_names_duplicates_and_wrong_passwords() {
         .register("shorty", "short")
         .expect_err("short password");
     assert_eq!(err.status(), Some(StatusCode::BadBody));
+    // Login holds names and passwords to the register rules, before any
+    // lookup or hash.
+    for (username, password, code) in [
+        ("Bad Name", "long enough", StatusCode::BadBody),
+        ("al", "long enough", StatusCode::BadBody),
+        (&*"a".repeat(33), "long enough", StatusCode::BadBody),
+        ("alice", "short", StatusCode::BadBody),
+        ("alice", &*"p".repeat(129), StatusCode::TooLarge),
+    ] {
+        let err = connection
+            .login(username, password, "phone")
+            .expect_err("breaks a register rule");
+        assert_eq!(err.status(), Some(code), "{username:?} {password:?}");
+    }
     let wrong = connection
         .login("alice", "wrong password", "phone")
         .expect_err("wrong password");
@@ -383,22 +417,8 @@ fn a_silent_socket_is_closed_at_the_handshake_deadline() {
 #[test]
 fn a_half_frame_is_closed_at_the_idle_deadline() {
     let server = TestServer::start_with(&["--idle-timeout-secs", "2"]);
-    let (connection, _) = server.user("dave", "phone");
-    drop(connection);
-    let mut raw = Raw::connect(&server);
-    raw.hello();
-    raw.send(
-        2,
-        &Body::Login(Login {
-            username: "dave".into(),
-            password: password("dave"),
-            device_id: "raw".into(),
-        }),
-    );
-    match raw.next() {
-        Some((2, Body::LoggedIn(_))) => {}
-        other => panic!("expected logged_in, got {other:?}"),
-    }
+    drop(server.user("dave", "phone"));
+    let mut raw = Raw::logged_in(&server, "dave");
     let frame = Raw::frame(3, &Body::Ping(Ping { nonce: 1 }));
     raw.stream
         .write_all(&frame[..frame.len() / 2])
@@ -503,4 +523,133 @@ fn connections_over_the_limit_get_server_busy() {
     alice
         .ping()
         .expect("connections under the limit are served");
+}
+
+impl Raw {
+    /// Hello and login of an existing account.
+    fn logged_in(server: &TestServer, username: &str) -> Raw {
+        let mut raw = Raw::connect(server);
+        raw.hello();
+        raw.send(
+            2,
+            &Body::Login(Login {
+                username: username.into(),
+                password: password(username),
+                device_id: "raw".into(),
+            }),
+        );
+        match raw.next() {
+            Some((2, Body::LoggedIn(_))) => {}
+            other => panic!("expected logged_in, got {other:?}"),
+        }
+        raw
+    }
+}
+
+/// A client that sends and never reads its answers is not read either once
+/// they pass its queue's bound: the server stops taking its requests
+/// (its writes block) instead of queueing answers without end, and every
+/// answer still arrives, in order, once it reads.
+#[test]
+fn a_client_that_never_reads_is_not_read_either() {
+    let server = TestServer::start_with(&["--send-queue-bytes-max", "65536"]);
+    drop(server.user("erin", "phone"));
+    let mut raw = Raw::logged_in(&server, "erin");
+    // Nonces of one varint length, so that every ping frame has one length.
+    const NONCE_BASE: u64 = 100_000;
+    let ping = |i: u64| {
+        Raw::frame(
+            0x1000,
+            &Body::Ping(Ping {
+                nonce: NONCE_BASE + i,
+            }),
+        )
+    };
+    let frame_len = ping(0).len();
+    let chunk: Vec<u8> = (0..4096u64).flat_map(ping).collect();
+    assert_eq!(chunk.len(), 4096 * frame_len);
+    // Without the bound the server reads as fast as it answers, and 64 MiB
+    // of pings (85 MiB of pongs) go in without blocking.
+    const UNBOUNDED: usize = 64 << 20;
+    raw.stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut written = 0usize;
+    while written < UNBOUNDED {
+        let at = written % chunk.len();
+        match raw.stream.write(&chunk[at..]) {
+            Ok(n) => written += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                break
+            }
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    assert!(
+        written < UNBOUNDED / 4,
+        "{written} bytes of pings taken from a client that reads nothing"
+    );
+    // Now read: every whole ping is answered, in order; the server reads on
+    // as its answers leave.
+    let pings = written / frame_len;
+    for expected in 0..pings {
+        raw.expect_pong(0x1000, NONCE_BASE + expected as u64 % 4096);
+    }
+    // The connection is still served: the rest of a ping cut short by the
+    // blocked write completes it, and a last ping follows.
+    let at = written % chunk.len();
+    let rest = (frame_len - written % frame_len) % frame_len;
+    raw.stream
+        .write_all(&chunk[at..at + rest])
+        .expect("write the rest");
+    raw.send(0x2000, &Body::Ping(Ping { nonce: 77 }));
+    if rest > 0 {
+        raw.expect_pong(0x1000, NONCE_BASE + pings as u64 % 4096);
+    }
+    raw.expect_pong(0x2000, 77);
+}
+
+/// History and conversation-list requests pipelined past
+/// `READS_IN_FLIGHT_MAX` are answered `server_busy`; answers, errors
+/// included, free their places again.
+#[test]
+fn pipelined_reads_past_their_limit_are_server_busy() {
+    let server = TestServer::start();
+    drop(server.user("fay", "phone"));
+    let mut raw = Raw::logged_in(&server, "fay");
+    let limit = gust::limits::READS_IN_FLIGHT_MAX as usize;
+    for round in 0..2 {
+        let burst: Vec<u8> = (0..limit as u32 + 6)
+            .flat_map(|i| {
+                Raw::frame(
+                    100 + i,
+                    &Body::History(History {
+                        conversation_id: 12345,
+                        anchor: HistoryAnchor::AfterSeq(0),
+                        limit: 0,
+                    }),
+                )
+            })
+            .collect();
+        raw.stream.write_all(&burst).expect("write");
+        let mut busy = 0;
+        let mut not_found = 0;
+        for _ in 0..limit + 6 {
+            match raw.next() {
+                Some((_, Body::Error(error))) if error.code == StatusCode::ServerBusy as u16 => {
+                    busy += 1
+                }
+                Some((_, Body::Error(error))) if error.code == StatusCode::NotFound as u16 => {
+                    not_found += 1
+                }
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+        assert_eq!((not_found, busy), (limit, 6), "round {round}");
+    }
 }

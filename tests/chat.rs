@@ -423,6 +423,59 @@ fn encrypted_connections_chat_with_plain_ones() {
 }
 
 #[test]
+fn mark_read_is_answered_and_sends_no_receipt() {
+    let server = TestServer::start();
+    let (mut alice, _) = server.user("alice", "phone");
+    let (mut bob, bob_login) = server.user("bob", "phone");
+    let mut last = None;
+    for i in 0..3 {
+        last = Some(
+            alice
+                .send_text(Target::User(bob_login.user_id), &format!("m{i}"))
+                .expect("send"),
+        );
+    }
+    let last = last.expect("three sends");
+    for _ in 0..3 {
+        next_message(&mut bob); // auto-acks delivery: alice gets Delivered receipts
+    }
+    bob.mark_read(last.conversation_id, 2)
+        .expect("mark_read is answered ok");
+    let listed = |bob: &mut gust::client::Connection| {
+        bob.conversation_list(0, 50)
+            .expect("list")
+            .conversations
+            .into_iter()
+            .find(|c| c.conversation_id == last.conversation_id)
+            .map(|c| c.unread_count)
+    };
+    assert_eq!(listed(&mut bob), Some(1));
+    // Again, at a seq the cursor already passed: still answered.
+    bob.mark_read(last.conversation_id, 1).expect("answered");
+    assert_eq!(listed(&mut bob), Some(1));
+    // A seq past the newest message stops at it.
+    bob.mark_read(last.conversation_id, 99).expect("answered");
+    assert_eq!(listed(&mut bob), Some(0));
+    // Not a member: forbidden; no such conversation: not_found.
+    let (mut carol, _) = server.user("carol", "phone");
+    let err = carol
+        .mark_read(last.conversation_id, 1)
+        .expect_err("not a member");
+    assert_eq!(err.status(), Some(StatusCode::Forbidden));
+    let err = bob
+        .mark_read(u64::MAX, 1)
+        .expect_err("no such conversation");
+    assert_eq!(err.status(), Some(StatusCode::NotFound));
+    // Alice saw Delivered receipts only, never a Read one.
+    alice.ping().expect("ping");
+    while let Some(event) = alice.next_event(Duration::from_millis(300)).expect("event") {
+        if let Event::Receipt(receipt) = event {
+            assert_eq!(receipt.kind, ReceiptKind::Delivered, "{receipt:?}");
+        }
+    }
+}
+
+#[test]
 fn the_conversation_list_shows_unread_counts_and_flags() {
     let server = TestServer::start();
     let (mut alice, alice_login) = server.user("alice", "phone");
@@ -536,4 +589,84 @@ fn a_single_acceptor_hands_connections_to_every_shard() {
     for device in &mut devices {
         assert_eq!(text_of(&next_message(device)), "everywhere");
     }
+}
+
+/// With a small payload limit every frame a client receives still fits it
+/// (the real client's decoder refuses anything longer, ending the
+/// connection): sends are held to what a delivery can carry, and sync,
+/// history and conversation-list pages close by bytes as well as by count.
+#[test]
+fn every_frame_fits_a_small_payload_limit() {
+    const LIMIT: usize = 4096;
+    let server = TestServer::start_with(&["--payload-len-max", "4096"]);
+    let (mut alice, _) = server.user("alice", "phone");
+    let (mut bob, bob_login) = server.user("bob", "phone");
+    assert_eq!(bob.hello_ack().payload_len_max as usize, LIMIT);
+    bob.close();
+    // The largest text that fits leaves the framing of a delivery free.
+    let room = LIMIT - gust::limits::MESSAGE_FRAMING_BYTES_MAX;
+    let err = alice
+        .send_text(Target::User(bob_login.user_id), &"x".repeat(room))
+        .expect_err("a text whose send has no room for the delivery's framing");
+    assert_eq!(err.status(), Some(StatusCode::TooLarge));
+    assert!(alice.is_open(), "too_large for a send is per request");
+    // Texts that fill a frame alone, and texts under half of one, which a
+    // sync page takes more of until a large one would overflow it.
+    let big = |i: usize| format!("{i:02}{}", "y".repeat(room - 40));
+    let text = |i: usize| match i % 2 {
+        0 => big(i),
+        _ => format!("{i:02}{}", "m".repeat(LIMIT / 2 - 200)),
+    };
+    let mut conversation_id = 0;
+    for i in 0..5 {
+        conversation_id = alice
+            .send_text(Target::User(bob_login.user_id), &text(i))
+            .expect("a text that fits")
+            .conversation_id;
+    }
+    let (mut bob, _) = server.device("bob", "phone");
+    let synced = bob.sync(Vec::new()).expect("sync");
+    let texts: Vec<&str> = synced.iter().map(text_of).collect();
+    assert_eq!(texts, (0..5).map(text).collect::<Vec<_>>());
+    // History asked for 200 at a time pages by bytes, `more` set while it does.
+    let mut after = 0;
+    let mut seen = Vec::new();
+    loop {
+        let page = bob
+            .history(conversation_id, HistoryAnchor::AfterSeq(after), 0)
+            .expect("history page within the limit");
+        assert!(!page.messages.is_empty());
+        seen.extend(page.messages.iter().map(|m| text_of(m).to_string()));
+        after = page.messages.last().map(|m| m.seq).unwrap_or(after);
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(seen, (0..5).map(text).collect::<Vec<_>>());
+    let page = bob
+        .history(conversation_id, HistoryAnchor::BeforeSeq(u64::MAX), 0)
+        .expect("history backwards");
+    assert_eq!(page.messages.len(), 1, "one message per page at this size");
+    assert_eq!(page.messages.first().map(text_of), Some(big(4).as_str()));
+    assert!(page.more);
+    // Conversations whose newest messages are this large list one per page.
+    let (mut carol, _) = server.user("carol", "phone");
+    carol
+        .send_text(Target::User(bob_login.user_id), &big(7))
+        .expect("send");
+    let mut listed = Vec::new();
+    let mut after_conversation = 0;
+    loop {
+        let page = bob
+            .conversation_list(after_conversation, 50)
+            .expect("list page within the limit");
+        assert!(!page.conversations.is_empty());
+        listed.extend(page.conversations.iter().map(|c| c.conversation_id));
+        after_conversation = *listed.last().expect("one");
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(bob.is_open());
 }

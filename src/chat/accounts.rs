@@ -243,7 +243,14 @@ impl Accounts {
         device_id: String,
         peer_ip: IpAddr,
     ) {
-        if let Err(invalid) = validate::device_id(&device_id) {
+        // The register rules first: a name no account can have is answered
+        // without a lookup or a hash, the throttle only ever keys names of
+        // at most `USERNAME_BYTES_MAX`, and no password longer than
+        // `PASSWORD_BYTES_MAX` is hashed.
+        if let Err(invalid) = validate::username(&username)
+            .and_then(|_| validate::password(&password))
+            .and_then(|_| validate::device_id(&device_id))
+        {
             return self.fail(reply, invalid.code, &invalid.message);
         }
         let name_key = ThrottleKey::Username(username.clone());

@@ -82,3 +82,76 @@ pub fn raw(request_id: u32, command: Command, payload: &[u8]) -> Bytes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use crate::limits::{MESSAGE_FRAMING_BYTES_MAX, PAGE_FRAMING_BYTES_MAX, PAGE_MESSAGES_MAX};
+    use crate::protocol::cipher::{ChaChaCipher, PayloadCipher, Role};
+    use crate::protocol::*;
+
+    fn len<T: serde::Serialize>(value: &T) -> usize {
+        body_codec::encode_to_vec(value).expect("encodes").len()
+    }
+
+    /// The framing limits against real encodings at their extremes: a send
+    /// with its smallest fixed fields becomes a stored message with its
+    /// largest, inside a conversation summary with its largest, inside a
+    /// full page of an encrypted connection.
+    #[test]
+    fn a_message_s_frames_stay_within_the_framing_limits() {
+        let content = Content::Text {
+            text: "t".repeat(1000),
+        };
+        let extras: BTreeMap<String, String> = [("k".to_string(), "v".repeat(100))].into();
+        let send = Send {
+            client_message_id: u64::MAX,
+            to: Target::User(0),
+            content: content.clone(),
+            extras: extras.clone(),
+        };
+        let message = Message {
+            conversation_id: u64::MAX,
+            seq: u64::MAX,
+            message_id: u64::MAX,
+            sender_id: u64::MAX,
+            client_message_id: u64::MAX,
+            server_time_ms: u64::MAX,
+            content,
+            extras,
+        };
+        let summary = ConversationSummary {
+            conversation_id: u64::MAX,
+            kind: ConversationKind::Direct { peer_id: u64::MAX },
+            last_seq: u64::MAX,
+            read_seq: u64::MAX,
+            unread_count: u64::MAX,
+            pinned: true,
+            muted: true,
+            last_message: Some(message.clone()),
+        };
+        let tag = ChaChaCipher::derive(&[7; 32], &[1; 16], &[2; 16], Role::Server).overhead();
+        let full = PAGE_MESSAGES_MAX as usize;
+        let page = HistoryPage {
+            messages: vec![message.clone(); full],
+            more: true,
+        };
+        let page_framing = len(&page) - full * len(&message) + tag;
+        let list = ConversationListPage {
+            conversations: vec![summary.clone(); full],
+            more: true,
+        };
+        let list_framing = len(&list) - full * len(&summary) + tag;
+        assert!(
+            page_framing.max(list_framing) <= PAGE_FRAMING_BYTES_MAX,
+            "{page_framing} {list_framing}"
+        );
+        let growth = len(&summary) - len(&send);
+        assert!(
+            growth + PAGE_FRAMING_BYTES_MAX <= MESSAGE_FRAMING_BYTES_MAX,
+            "a summary is {growth} bytes longer than its send"
+        );
+        assert!(len(&message) <= len(&summary));
+    }
+}

@@ -49,6 +49,9 @@ pub struct Reply {
 pub enum ShardEvent {
     /// A response or error: always written.
     Frame { conn: ConnRef, frame: Bytes },
+    /// The answer (a page or an error) to a history or conversation-list
+    /// request: written, and the connection's reads in flight counted down.
+    ReadAnswer { conn: ConnRef, frame: Bytes },
     /// A send's ack, encoded by the shard straight into the connection's
     /// buffer: the storage writer, which every send passes through, does not
     /// spend its time on frames.
@@ -98,6 +101,7 @@ impl ShardEvent {
     pub fn conn(&self) -> Option<ConnRef> {
         match self {
             ShardEvent::Frame { conn, .. }
+            | ShardEvent::ReadAnswer { conn, .. }
             | ShardEvent::SendAck { conn, .. }
             | ShardEvent::Deliver { conn, .. }
             | ShardEvent::Authenticated { conn, .. }

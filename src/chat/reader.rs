@@ -24,8 +24,14 @@ use crate::store::{Store, StoreError};
 pub struct ReaderConfig {
     /// Messages per page when the client asks for 0 or more.
     pub page_messages_max: u32,
-    /// Bytes of stored messages per page; kept well below the payload limit.
+    /// Bytes of stored messages after which a sync page is closed; kept well
+    /// below the payload limit.
     pub page_bytes_max: usize,
+    /// Bytes of items no page may pass: the payload limit less what a page
+    /// adds around them (`limits::PAGE_FRAMING_BYTES_MAX`). An item that
+    /// would take a page past it goes in the next one; sends are held to a
+    /// size that fits a page alone.
+    pub page_items_bytes_max: usize,
     /// Pages one sync job writes before yielding to let the connection drain.
     pub pages_per_job: usize,
 }
@@ -35,6 +41,8 @@ impl Default for ReaderConfig {
         ReaderConfig {
             page_messages_max: crate::limits::PAGE_MESSAGES_MAX,
             page_bytes_max: crate::limits::PAYLOAD_LEN_DEFAULT as usize / 2,
+            page_items_bytes_max: crate::limits::PAYLOAD_LEN_DEFAULT as usize
+                - crate::limits::PAGE_FRAMING_BYTES_MAX,
             pages_per_job: crate::limits::SYNC_PAGES_PER_JOB,
         }
     }
@@ -65,6 +73,12 @@ impl Page {
         self.count += 1;
     }
 
+    /// Whether `stored` would take a page that already has items past
+    /// `items_bytes_max`. An empty page takes any one message.
+    fn would_overflow(&self, stored: &[u8], items_bytes_max: usize) -> bool {
+        self.count > 0 && self.items.len() + stored.len() > items_bytes_max
+    }
+
     /// The payload: a length prefix, then the messages, then `trailer`.
     fn payload(&self, trailer: Option<bool>) -> Result<BytesMut, body_codec::BodyError> {
         let mut out = BytesMut::with_capacity(self.items.len() + 10);
@@ -74,6 +88,27 @@ impl Page {
             body_codec::encode_bool(more, &mut out)?;
         }
         Ok(out)
+    }
+}
+
+/// The pages one sync job has written, and the one it is filling.
+struct SyncPages {
+    events: Vec<ShardEvent>,
+    page: Page,
+    pages: usize,
+}
+
+impl SyncPages {
+    /// Sends the page being filled and starts another; true once the job has
+    /// written its `pages_per_job`.
+    fn close(&mut self, reply: Reply, pages_per_job: usize) -> bool {
+        let page = std::mem::replace(&mut self.page, Page::new());
+        self.events.push(ShardEvent::Frame {
+            conn: reply.conn,
+            frame: page_frame(reply.request_id, Command::SyncPage, &page, None),
+        });
+        self.pages += 1;
+        self.pages >= pages_per_job
     }
 }
 
@@ -141,6 +176,12 @@ impl Reader {
     }
 
     pub fn handle(&self, job: ReaderJob) {
+        // History and conversation-list answers, errors included, count the
+        // connection's reads in flight down.
+        let counted = matches!(
+            job,
+            ReaderJob::History { .. } | ReaderJob::ConversationList { .. }
+        );
         let (reply, result) = match job {
             ReaderJob::Sync {
                 reply,
@@ -172,10 +213,15 @@ impl Reader {
                     (StatusCode::StorageUnavailable, "store unavailable")
                 }
             };
-            let mut events = vec![ShardEvent::Frame {
-                conn: reply.conn,
-                frame: frames::error(reply.request_id, code, message, false),
-            }];
+            let (conn, frame) = (
+                reply.conn,
+                frames::error(reply.request_id, code, message, false),
+            );
+            let answer = match counted {
+                true => ShardEvent::ReadAnswer { conn, frame },
+                false => ShardEvent::Frame { conn, frame },
+            };
+            let mut events = vec![answer];
             if matches!(code, StatusCode::StorageUnavailable) {
                 // A sync that failed still ends, so the shard stops holding pushes.
                 events.push(ShardEvent::SyncDone {
@@ -228,9 +274,12 @@ impl Reader {
                 .collect()
         };
 
-        let mut events = Vec::new();
-        let mut page = Page::new();
-        let mut pages = 0usize;
+        let mut out = SyncPages {
+            events: Vec::new(),
+            page: Page::new(),
+            pages: 0,
+        };
+        let per_job = self.config.pages_per_job;
         let mut stopped = false;
         let mut end = Vec::with_capacity(conversations.len());
         for (conversation_id, after) in conversations {
@@ -247,19 +296,23 @@ impl Reader {
                 after.saturating_add(1),
                 Seq::MAX,
                 |seq, stored| {
-                    page.push(stored);
+                    // A page this message would overflow goes without it; the
+                    // next page (or job: `last` has not moved) begins with it.
+                    if out
+                        .page
+                        .would_overflow(stored, self.config.page_items_bytes_max)
+                        && out.close(reply, per_job)
+                    {
+                        stopped = true;
+                        return false;
+                    }
+                    out.page.push(stored);
                     last = seq;
-                    if page.count >= page_limit || page.items.len() >= self.config.page_bytes_max {
-                        events.push(ShardEvent::Frame {
-                            conn: reply.conn,
-                            frame: page_frame(reply.request_id, Command::SyncPage, &page, None),
-                        });
-                        page = Page::new();
-                        pages += 1;
-                        if pages >= self.config.pages_per_job {
-                            stopped = true;
-                            return false;
-                        }
+                    let full = out.page.count >= page_limit
+                        || out.page.items.len() >= self.config.page_bytes_max;
+                    if full && out.close(reply, per_job) {
+                        stopped = true;
+                        return false;
                     }
                     true
                 },
@@ -270,12 +323,10 @@ impl Reader {
             });
             result?;
         }
-        if page.count > 0 {
-            events.push(ShardEvent::Frame {
-                conn: reply.conn,
-                frame: page_frame(reply.request_id, Command::SyncPage, &page, None),
-            });
+        if out.page.count > 0 {
+            out.close(reply, per_job);
         }
+        let mut events = out.events;
         events.push(ShardEvent::SyncDone {
             conn: reply.conn,
             request_id: reply.request_id,
@@ -316,8 +367,16 @@ impl Reader {
             ),
         };
         let mut stored: Vec<Bytes> = Vec::with_capacity(limit + 1);
+        let mut stored_bytes = 0usize;
+        // One past the page (by count or by bytes) tells that there is more.
         let mut collect = |_: Seq, bytes: &[u8]| {
+            let overflows =
+                !stored.is_empty() && stored_bytes + bytes.len() > self.config.page_items_bytes_max;
+            stored_bytes += bytes.len();
             stored.push(Bytes::copy_from_slice(bytes));
+            if overflows {
+                return false;
+            }
             stored.len() <= limit
         };
         if forward {
@@ -331,8 +390,17 @@ impl Reader {
             self.store
                 .scan_messages_back(conversation_id, 1, bound - 1, &mut collect)?;
         }
-        let more = stored.len() > limit;
-        stored.truncate(limit);
+        let mut page_len = 0;
+        let mut page_bytes = 0usize;
+        for bytes in stored.iter().take(limit) {
+            if page_len > 0 && page_bytes + bytes.len() > self.config.page_items_bytes_max {
+                break;
+            }
+            page_bytes += bytes.len();
+            page_len += 1;
+        }
+        let more = stored.len() > page_len;
+        stored.truncate(page_len);
         if !forward {
             stored.reverse();
         }
@@ -340,7 +408,7 @@ impl Reader {
         for bytes in &stored {
             page.push(bytes);
         }
-        self.sink.post(vec![ShardEvent::Frame {
+        self.sink.post(vec![ShardEvent::ReadAnswer {
             conn: reply.conn,
             frame: page_frame(reply.request_id, Command::HistoryPage, &page, Some(more)),
         }]);
@@ -357,6 +425,7 @@ impl Reader {
     ) -> Result<(), Refusal> {
         let limit = self.page_limit(list.limit);
         let mut conversations = Vec::new();
+        let mut items_bytes = 0usize;
         let mut more = false;
         for (conversation_id, member) in self.store.memberships(user_id)? {
             if conversation_id <= list.after_conversation_id {
@@ -388,7 +457,7 @@ impl Reader {
                 },
                 ConversationRecordKind::Group { .. } => ConversationKind::Group,
             };
-            conversations.push(ConversationSummary {
+            let summary = ConversationSummary {
                 conversation_id,
                 kind,
                 last_seq: record.last_seq,
@@ -397,7 +466,27 @@ impl Reader {
                 pinned: member.pinned,
                 muted: member.muted,
                 last_message,
-            });
+            };
+            // Each summary carries a whole message: the page is held to the
+            // payload limit by bytes as well as by count.
+            let summary_bytes = match body_codec::encode_to_vec(&summary) {
+                Ok(encoded) => encoded.len(),
+                Err(e) => {
+                    log::error!("cannot encode a conversation summary: {e}");
+                    return Err(Refusal::Status(
+                        StatusCode::Internal,
+                        "conversation could not be encoded",
+                    ));
+                }
+            };
+            if !conversations.is_empty()
+                && items_bytes + summary_bytes > self.config.page_items_bytes_max
+            {
+                more = true;
+                break;
+            }
+            items_bytes += summary_bytes;
+            conversations.push(summary);
         }
         // Pages walk conversation ids, so paging is stable; clients sort
         // (pinned first, newest message first) for display.
@@ -405,7 +494,7 @@ impl Reader {
             conversations,
             more,
         };
-        self.sink.post(vec![ShardEvent::Frame {
+        self.sink.post(vec![ShardEvent::ReadAnswer {
             conn: reply.conn,
             frame: frames::encode(reply.request_id, &Body::ConversationListPage(page)),
         }]);

@@ -598,17 +598,24 @@ impl Writer {
                 conversation_id,
                 seq,
                 receipt,
-            } => (
-                reply,
-                self.advance_cursor(
+            } => {
+                let result = self.advance_cursor(
                     cycle,
                     user_id,
                     conversation_id,
                     seq,
                     ReceiptKind::Read,
                     receipt,
-                ),
-            ),
+                );
+                // `mark_read` (no receipt) is answered `ok`, after this cycle
+                // is durable, whether or not the cursor moved: a cursor
+                // already past `seq` may have moved in a batch not yet
+                // written. `read_ack` has no answer on success.
+                if result.is_ok() && !receipt {
+                    Self::ok_after_commit(cycle, reply);
+                }
+                (reply, result)
+            }
             WriterRequest::UserLookup { reply, users } => {
                 (reply, self.user_lookup(cycle, reply, users))
             }
@@ -1141,12 +1148,18 @@ impl Writer {
             MemberFlag::Hidden => member.hidden_through_seq = Some(last_seq),
         }
         cycle.dirty_members.insert((user_id, conversation_id));
+        Self::ok_after_commit(cycle, reply);
+        Ok(())
+    }
+
+    /// Answers `ok` once the cycle is durable (`storage_unavailable` if its
+    /// write fails).
+    fn ok_after_commit(cycle: &mut Cycle, reply: Reply) {
         cycle.after_commit.push(ShardEvent::Frame {
             conn: reply.conn,
             frame: frames::encode(reply.request_id, &Body::Ok(OkReply {})),
         });
         Self::refuse_on_failure(cycle, reply);
-        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

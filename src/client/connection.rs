@@ -440,6 +440,19 @@ impl Connection {
         .map(|_| ())
     }
 
+    /// Moves this user's read cursor to `seq` without a receipt to the other
+    /// members (e.g. read on another device, or "mark as read" in a list);
+    /// returns once the server has stored it.
+    pub fn mark_read(&mut self, conversation_id: ConversationId, seq: Seq) -> Result<()> {
+        match self.request(Body::MarkRead(MarkRead {
+            conversation_id,
+            seq,
+        }))? {
+            Body::Ok(_) => Ok(()),
+            other => Err(unexpected("ok", &other)),
+        }
+    }
+
     /// Fetches missed messages: everything after each cursor, and for
     /// conversations not listed everything after this user's delivered cursor.
     /// Returns the messages in the order the server sent them, without

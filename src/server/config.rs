@@ -68,7 +68,8 @@ pub struct Flags {
     pub idle_timeout_secs: u64,
 
     /// bytes queued to one connection before it is marked behind and catches
-    /// up from storage instead (default 262144)
+    /// up from storage instead, and is not read until its answers drain
+    /// (default 262144)
     #[argh(option, default = "256 * 1024")]
     pub send_queue_bytes_max: usize,
 
@@ -325,9 +326,12 @@ impl Config {
                 ..WriterConfig::default()
             },
             reader: ReaderConfig {
-                // Pages stay well inside what the client accepts.
-                page_bytes_max: (limits::PAYLOAD_LEN_DEFAULT as usize / 2)
+                // Sync pages stay well inside what the client accepts, and
+                // no page passes it.
+                page_bytes_max: (flags.payload_len_max as usize / 2)
                     .min(flags.send_queue_bytes_max / 4),
+                page_items_bytes_max: (flags.payload_len_max as usize)
+                    .saturating_sub(limits::PAGE_FRAMING_BYTES_MAX),
                 ..ReaderConfig::default()
             },
         })

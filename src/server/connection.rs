@@ -72,6 +72,14 @@ pub struct Connection {
     pub behind: Option<Box<Vec<(ConversationId, Seq)>>>,
     /// Already in the shard's flush list this turn.
     pub flush_queued: bool,
+    /// History and conversation-list requests queued to the readers and not
+    /// yet answered (at most `limits::READS_IN_FLIGHT_MAX`).
+    pub reads_in_flight: u8,
+    /// Not read while `out` is over its bound or its reads in flight are at
+    /// their limit, so that a client that never reads its answers cannot
+    /// make the server queue more. Epoll is edge-triggered: resuming reads
+    /// the socket once by hand.
+    pub reading_paused: bool,
 }
 
 impl Connection {
@@ -89,6 +97,8 @@ impl Connection {
             sync: None,
             behind: None,
             flush_queued: false,
+            reads_in_flight: 0,
+            reading_paused: false,
         }
     }
 

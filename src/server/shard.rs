@@ -543,11 +543,17 @@ impl Shard {
     }
 
     fn read_into(&mut self, token: u64, scratch: &mut [u8], until_eof: bool) {
+        let queue_max = self.shared.config.send_queue_bytes_max;
         for _ in 0..limits::READS_PER_TURN {
             let Some(connection) = self.connection(token) else {
                 return;
             };
             if connection.stage == Stage::Closing {
+                return;
+            }
+            if answers_pile_up(connection, queue_max) {
+                // `resume_reading` reads on once they have gone out.
+                connection.reading_paused = true;
                 return;
             }
             let read = match connection.socket.read(scratch) {
@@ -575,6 +581,18 @@ impl Shard {
             }
         }
         self.still_readable.push(token);
+    }
+
+    /// Reads a paused connection again once its answers stopped piling up.
+    fn resume_reading(&mut self, token: u64) {
+        let queue_max = self.shared.config.send_queue_bytes_max;
+        let Some(connection) = self.connection(token) else {
+            return;
+        };
+        if connection.reading_paused && !answers_pile_up(connection, queue_max) {
+            connection.reading_paused = false;
+            self.still_readable.push(token);
+        }
     }
 
     /// Parses whole frames from new bytes, straight from the scratch buffer
@@ -693,6 +711,13 @@ impl Shard {
     /// One decoded frame, by stage and command.
     fn frame(&mut self, token: u64, header: FrameHeader, plaintext: &[u8]) -> Flow {
         let request_id = header.request_id;
+        let Some(stage) = self.connection(token).map(|c| c.stage) else {
+            return Flow::Continue;
+        };
+        // Whatever the command, known or not, only hello may come first.
+        if stage == Stage::AwaitHello && header.command != Command::Hello as u16 {
+            return Flow::Fatal(StatusCode::BadFrame, "the first frame must be hello".into());
+        }
         let Some(command) = Command::from_u16(header.command) else {
             self.error(
                 token,
@@ -710,12 +735,6 @@ impl Shard {
                 "a server-to-client command",
             );
             return Flow::Continue;
-        }
-        let Some(stage) = self.connection(token).map(|c| c.stage) else {
-            return Flow::Continue;
-        };
-        if stage == Stage::AwaitHello && command != Command::Hello {
-            return Flow::Fatal(StatusCode::BadFrame, "the first frame must be hello".into());
         }
         let body = match Body::decode(command, plaintext) {
             Ok(body) => body,
@@ -809,7 +828,7 @@ impl Shard {
                 )
             }
             (Stage::Authenticated { user_id }, body) => {
-                self.authenticated(token, reply, user_id, body)
+                self.authenticated(token, reply, user_id, body, plaintext.len())
             }
             (Stage::AwaitHello | Stage::Closing, _) => {}
         }
@@ -873,12 +892,35 @@ impl Shard {
         Flow::Continue
     }
 
-    fn authenticated(&mut self, token: u64, reply: Reply, user_id: UserId, body: Body) {
+    /// `body_len`: the request's plaintext payload, in bytes.
+    fn authenticated(
+        &mut self,
+        token: u64,
+        reply: Reply,
+        user_id: UserId,
+        body: Body,
+        body_len: usize,
+    ) {
         let request_id = reply.request_id;
         match body {
             Body::Send(send) => {
                 if let Err(invalid) = validate::send(&send) {
                     return self.error(token, request_id, invalid.code, &invalid.message);
+                }
+                // The stored message must fit the frames that carry it to
+                // clients (a deliver, a page), which this limit bounds too.
+                let room = (self.shared.config.payload_len_max as usize)
+                    .saturating_sub(limits::MESSAGE_FRAMING_BYTES_MAX);
+                if body_len > room {
+                    return self.error(
+                        token,
+                        request_id,
+                        StatusCode::TooLarge,
+                        &format!(
+                            "a send may have {room} bytes on this server ({} less what a delivery adds), not {body_len}",
+                            self.shared.config.payload_len_max
+                        ),
+                    );
                 }
                 self.queue_to_writer(
                     reply,
@@ -968,7 +1010,7 @@ impl Shard {
                     },
                 );
             }
-            Body::History(history) => self.queue_to_readers(
+            Body::History(history) => self.queue_read(
                 reply,
                 ReaderJob::History {
                     reply,
@@ -1003,7 +1045,7 @@ impl Shard {
                     flag: MemberFlag::Hidden,
                 },
             ),
-            Body::ConversationList(list) => self.queue_to_readers(
+            Body::ConversationList(list) => self.queue_read(
                 reply,
                 ReaderJob::ConversationList {
                     reply,
@@ -1024,6 +1066,35 @@ impl Shard {
         if self.shared.writer.send(request).is_err() {
             self.error(
                 reply.conn.token,
+                reply.request_id,
+                StatusCode::ServerBusy,
+                "server is shutting down",
+            );
+        }
+    }
+
+    /// A history or conversation-list request, counted against the
+    /// connection's reads in flight (`ShardEvent::ReadAnswer` counts it down).
+    fn queue_read(&mut self, reply: Reply, job: ReaderJob) {
+        let token = reply.conn.token;
+        let Some(connection) = self.connection(token) else {
+            return;
+        };
+        if connection.reads_in_flight >= limits::READS_IN_FLIGHT_MAX {
+            return self.error(
+                token,
+                reply.request_id,
+                StatusCode::ServerBusy,
+                "too many history and conversation-list requests in flight",
+            );
+        }
+        connection.reads_in_flight += 1;
+        if self.shared.readers.send(job).is_err() {
+            if let Some(connection) = self.connection(token) {
+                connection.reads_in_flight -= 1;
+            }
+            self.error(
+                token,
                 reply.request_id,
                 StatusCode::ServerBusy,
                 "server is shutting down",
@@ -1239,7 +1310,9 @@ impl Shard {
                     return;
                 }
                 Ok(n) => connection.out.advance(n),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    return self.resume_reading(token);
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(_) => {
                     self.to_close.push(token);
@@ -1254,6 +1327,7 @@ impl Shard {
             self.to_close.push(token);
             return;
         }
+        self.resume_reading(token);
         self.after_drain(token);
     }
 
@@ -1321,6 +1395,13 @@ impl Shard {
     fn handle_event(&mut self, event: ShardEvent) {
         match event {
             ShardEvent::Frame { conn, frame } => self.queue_frame(conn.token, &frame),
+            ShardEvent::ReadAnswer { conn, frame } => {
+                if let Some(connection) = self.connection(conn.token) {
+                    connection.reads_in_flight = connection.reads_in_flight.saturating_sub(1);
+                }
+                self.queue_frame(conn.token, &frame);
+                self.resume_reading(conn.token);
+            }
             ShardEvent::SendAck {
                 conn,
                 request_id,
@@ -1557,4 +1638,10 @@ impl Shard {
             self.close_after_flush(token);
         }
     }
+}
+
+/// Whether a connection's answers are piling up: its queue is over the
+/// per-connection bound, or its reads in flight are at their limit.
+fn answers_pile_up(connection: &Connection, queue_max: usize) -> bool {
+    connection.out.len() >= queue_max || connection.reads_in_flight >= limits::READS_IN_FLIGHT_MAX
 }

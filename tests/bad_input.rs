@@ -653,3 +653,60 @@ fn pipelined_reads_past_their_limit_are_server_busy() {
         assert_eq!((not_found, busy), (limit, 6), "round {round}");
     }
 }
+
+/// What protocol.md says of requests at the wrong moment: anything but a
+/// ping behind a login in progress is `server_busy`, logging in twice is
+/// `conflict`, and a second sync while one runs is `server_busy`.
+#[test]
+fn requests_at_the_wrong_moment_get_their_codes() {
+    let server = TestServer::start();
+    drop(server.user("gil", "phone"));
+    let login = |request_id: u32| {
+        Raw::frame(
+            request_id,
+            &Body::Login(Login {
+                username: "gil".into(),
+                password: password("gil"),
+                device_id: "raw".into(),
+            }),
+        )
+    };
+    let history = Raw::frame(
+        3,
+        &Body::History(History {
+            conversation_id: 1,
+            anchor: HistoryAnchor::AfterSeq(0),
+            limit: 0,
+        }),
+    );
+    let mut raw = Raw::connect(&server);
+    raw.hello();
+    raw.stream
+        .write_all(&[login(2), history].concat())
+        .expect("write");
+    raw.expect_error(3, StatusCode::ServerBusy, false);
+    match raw.next() {
+        Some((2, Body::LoggedIn(_))) => {}
+        other => panic!("expected logged_in, got {other:?}"),
+    }
+    raw.stream.write_all(&login(4)).expect("write");
+    raw.expect_error(4, StatusCode::Conflict, false);
+    let sync = |request_id: u32| {
+        Raw::frame(
+            request_id,
+            &Body::Sync(Sync {
+                cursors: Vec::new(),
+                page_messages_max: 0,
+            }),
+        )
+    };
+    raw.stream
+        .write_all(&[sync(5), sync(6)].concat())
+        .expect("write");
+    raw.expect_error(6, StatusCode::ServerBusy, false);
+    match raw.next() {
+        Some((5, Body::SyncEnd(_))) => {}
+        other => panic!("expected sync_end, got {other:?}"),
+    }
+    raw.ping_works();
+}

@@ -68,8 +68,8 @@ pub const QUERY_USERS_MAX: usize = 256;
 pub const GROUP_MEMBERS_MAX: usize = 10_000;
 
 /// Write-ahead log kept before a forced flush (512 MiB). Without a bound
-/// RocksDB keeps four times every family's memtable budget (nine families
-/// of two or three 64 MiB memtables: 5.1 GB): families written rarely (users,
+/// RocksDB keeps four times every family's memtable budget (ten families
+/// of two or three 64 MiB memtables: 5.6 GB): families written rarely (users,
 /// usernames, sessions, conversations) pin the oldest log file, so no log is ever
 /// deleted until then, and a restart after a crash replays all of it
 /// (measured: 655 MB replayed in 2.1 s on this project's disk). At 512 MiB a

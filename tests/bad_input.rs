@@ -710,3 +710,73 @@ fn requests_at_the_wrong_moment_get_their_codes() {
     }
     raw.ping_works();
 }
+
+/// Sessions are per (user, device): a new login on a device revokes the
+/// token of the one before (and the store drops its record), other devices
+/// keep theirs, and logout leaves the device with none.
+#[test]
+fn a_new_login_on_a_device_revokes_its_previous_token() {
+    let mut server = TestServer::start();
+    let (_, first) = server.user("hal", "phone");
+    let mut tokens = vec![first.session_token];
+    for _ in 0..3 {
+        let mut connection = server.connect();
+        let login = connection
+            .login("hal", &password("hal"), "phone")
+            .expect("login");
+        tokens.push(login.session_token);
+    }
+    let (_, tablet) = server.device("hal", "tablet");
+    let newest = tokens.last().expect("tokens").clone();
+    for old in &tokens[..tokens.len() - 1] {
+        let err = server
+            .connect()
+            .resume(old, "phone")
+            .expect_err("revoked by a later login");
+        assert_eq!(err.status(), Some(StatusCode::Unauthorized));
+    }
+    let mut phone = server.connect();
+    phone.resume(&newest, "phone").expect("the newest resumes");
+    server
+        .connect()
+        .resume(&tablet.session_token, "tablet")
+        .expect("another device keeps its session");
+    phone.logout().expect("logout");
+    let err = server
+        .connect()
+        .resume(&newest, "phone")
+        .expect_err("logged out");
+    assert_eq!(err.status(), Some(StatusCode::Unauthorized));
+    let mut again = server.connect();
+    let relogin = again
+        .login("hal", &password("hal"), "phone")
+        .expect("log in again after logout");
+
+    // What the store keeps: the live sessions only.
+    let user_id = first.user_id;
+    server.terminate();
+    let store = gust::store::Store::open(server.data_dir(), gust::store::Durability::Sync)
+        .expect("open the stopped server's store");
+    let hash = |token: &[u8]| -> [u8; 32] {
+        let digest = ring::digest::digest(&ring::digest::SHA256, token);
+        digest.as_ref().try_into().expect("32 bytes")
+    };
+    for old in &tokens {
+        assert!(
+            store.session(&hash(old)).expect("read").is_none(),
+            "a replaced or logged-out session's record is gone"
+        );
+    }
+    assert!(store
+        .session(&hash(&relogin.session_token))
+        .expect("read")
+        .is_some());
+    assert!(store
+        .session(&hash(&tablet.session_token))
+        .expect("read")
+        .is_some());
+    assert_eq!(
+        store.device_session(user_id, "phone").expect("read"),
+        Some(hash(&relogin.session_token))
+    );
+}

@@ -21,8 +21,9 @@
 //! - it is handed over only once N is known to be durable, and if N failed it
 //!   is refused whole (nothing of it written) and the caches are reread;
 //! - reads that could miss N's not-yet-written keys are answered from memory:
-//!   dedupe entries and usernames of the batch in flight are kept until it
-//!   lands, and the caches are only ever dropped with nothing in flight. Every
+//!   dedupe entries, usernames and device sessions of the batch in flight
+//!   (and of the open cycle) are kept until it lands, and the caches are
+//!   only ever dropped with nothing in flight. Every
 //!   other store read concerns keys a client can only learn of from an
 //!   answer, and answers go out after their batch is durable.
 
@@ -101,9 +102,14 @@ struct Cycle {
     dirty_members: HashSet<(UserId, ConversationId)>,
     sends: HashMap<(UserId, u64), SendAck>,
     usernames: HashSet<String>,
+    /// Devices whose current session it sets (`None`: logged out).
+    device_sessions: DeviceSessions,
     routes_added: Vec<(UserId, ConnRef)>,
     counters_dirty: bool,
 }
+
+/// (user, device id) -> the current session's token hash, as a cycle sets it.
+type DeviceSessions = HashMap<(UserId, String), Option<[u8; 32]>>;
 
 #[derive(Default)]
 struct CycleSizes {
@@ -137,6 +143,8 @@ struct InFlight {
     sends: HashMap<(UserId, u64), SendAck>,
     /// Its registered usernames, for the same reason.
     usernames: HashSet<String>,
+    /// The device sessions it sets, for the same reason.
+    device_sessions: DeviceSessions,
     /// Routes it added, removed again if it fails.
     routes_added: Vec<(UserId, ConnRef)>,
 }
@@ -491,6 +499,7 @@ impl Writer {
         self.in_flight = Some(InFlight {
             sends: cycle.sends,
             usernames: cycle.usernames,
+            device_sessions: cycle.device_sessions,
             routes_added: cycle.routes_added,
         });
     }
@@ -525,6 +534,7 @@ impl Writer {
             dirty_members: HashSet::new(),
             sends: HashMap::with_capacity(self.last_cycle.sends),
             usernames: HashSet::new(),
+            device_sessions: HashMap::new(),
             routes_added: Vec::new(),
             counters_dirty: false,
         }
@@ -738,6 +748,13 @@ impl Writer {
             "wrong username or password",
         ))?;
         let hash = token_hash(&token);
+        // One session per device: the token of its last login stops working
+        // (and its record goes) when a new one is issued.
+        if let Some(previous) = self.device_session(cycle, user_id, &device_id)? {
+            if previous != hash {
+                cycle.batch.delete_session(&previous)?;
+            }
+        }
         cycle.batch.put_session(
             &hash,
             &SessionRecord {
@@ -746,6 +763,7 @@ impl Writer {
                 created_ms: now_ms(),
             },
         )?;
+        Self::set_device_session(cycle, user_id, &device_id, Some(hash))?;
         self.authenticate(
             cycle,
             reply,
@@ -773,6 +791,14 @@ impl Writer {
         let session = self.store.session(&hash)?.ok_or(INVALID)?;
         if session.device_id != device_id {
             return Err(INVALID);
+        }
+        match self.device_session(cycle, session.user_id, &device_id)? {
+            // The device logged in again since: this token was revoked.
+            Some(current) if current != hash => return Err(INVALID),
+            Some(_) => {}
+            // A session from before devices recorded theirs: it becomes the
+            // device's session, and any other of the device's goes stale.
+            None => Self::set_device_session(cycle, session.user_id, &device_id, Some(hash))?,
         }
         let user = self.store.user(session.user_id)?.ok_or(INVALID)?;
         self.authenticate(
@@ -853,12 +879,50 @@ impl Writer {
             .cloned()
             .ok_or(Refusal(StatusCode::Unauthenticated, "not logged in"))?;
         cycle.batch.delete_session(&device.token_hash)?;
+        if self.device_session(cycle, user_id, &device.device_id)? == Some(device.token_hash) {
+            Self::set_device_session(cycle, user_id, &device.device_id, None)?;
+        }
         self.remove_route(user_id, reply.conn);
         cycle.after_commit.push(ShardEvent::Unauthenticated {
             conn: reply.conn,
             frame: frames::encode(reply.request_id, &Body::Ok(OkReply {})),
         });
         Self::refuse_on_failure(cycle, reply);
+        Ok(())
+    }
+
+    /// The device's current session: as the open cycle sets it, else the
+    /// batch in flight, else the store.
+    fn device_session(
+        &self,
+        cycle: &Cycle,
+        user_id: UserId,
+        device_id: &str,
+    ) -> Result<Option<[u8; 32]>, Refusal> {
+        let key = (user_id, device_id.to_string());
+        let pending = cycle.device_sessions.get(&key).or_else(|| {
+            self.in_flight
+                .as_ref()
+                .and_then(|f| f.device_sessions.get(&key))
+        });
+        match pending {
+            Some(hash) => Ok(*hash),
+            None => Ok(self.store.device_session(user_id, device_id)?),
+        }
+    }
+
+    fn set_device_session(
+        cycle: &mut Cycle,
+        user_id: UserId,
+        device_id: &str,
+        hash: Option<[u8; 32]>,
+    ) -> Result<(), Refusal> {
+        cycle
+            .batch
+            .set_device_session(user_id, device_id, hash.as_ref())?;
+        cycle
+            .device_sessions
+            .insert((user_id, device_id.to_string()), hash);
         Ok(())
     }
 

@@ -59,6 +59,16 @@ pub fn session(token_hash: &[u8; 32]) -> [u8; 32] {
     *token_hash
 }
 
+/// Column family `devices`: (user, device id) -> the SHA-256 of that
+/// device's current session token (32 bytes), so that a new login on the
+/// device revokes the token before it.
+pub fn device(user_id: UserId, device_id: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + device_id.len());
+    key.extend_from_slice(&user_id.to_be_bytes());
+    key.extend_from_slice(device_id.as_bytes());
+    key
+}
+
 /// Column family `dedupe`: (sender, client message id) -> the original ack.
 pub fn dedupe(user_id: UserId, client_message_id: u64) -> [u8; 16] {
     pair(user_id, client_message_id)

@@ -50,8 +50,9 @@ const CF_USERS: &str = "users";
 const CF_USERNAMES: &str = "usernames";
 const CF_SESSIONS: &str = "sessions";
 const CF_DEDUPE: &str = "dedupe";
+const CF_DEVICES: &str = "devices";
 
-const FAMILIES: [&str; 8] = [
+const FAMILIES: [&str; 9] = [
     CF_MESSAGES,
     CF_CONVERSATIONS,
     CF_DIRECT,
@@ -60,6 +61,7 @@ const FAMILIES: [&str; 8] = [
     CF_USERNAMES,
     CF_SESSIONS,
     CF_DEDUPE,
+    CF_DEVICES,
 ];
 
 /// What the server promises about an acknowledged message.
@@ -160,7 +162,7 @@ fn family_index(family: &'static str) -> StoreResult<u8> {
     FAMILIES
         .iter()
         .position(|name| *name == family)
-        // FAMILIES has 8 entries: the index fits.
+        // FAMILIES has 9 entries: the index fits.
         .map(|index| index as u8)
         .ok_or(StoreError::MissingFamily(family))
 }
@@ -468,6 +470,26 @@ impl Store {
 
     pub fn session(&self, token_hash: &[u8; 32]) -> StoreResult<Option<SessionRecord>> {
         self.read(CF_SESSIONS, &keys::session(token_hash))
+    }
+
+    /// The SHA-256 of the device's current session token, if it has one.
+    pub fn device_session(
+        &self,
+        user_id: UserId,
+        device_id: &str,
+    ) -> StoreResult<Option<[u8; 32]>> {
+        let key = keys::device(user_id, device_id);
+        match self.db.get_cf(self.family(CF_DEVICES)?, &key)? {
+            None => Ok(None),
+            Some(value) => value
+                .as_slice()
+                .try_into()
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt {
+                    family: CF_DEVICES,
+                    detail: format!("a value of {} bytes, not a token hash", value.len()),
+                }),
+        }
     }
 
     /// The conversation's record, with `last_seq` and `last_time_ms` taken
@@ -1007,6 +1029,20 @@ impl Batch {
 
     pub fn delete_session(&mut self, token_hash: &[u8; 32]) -> StoreResult<()> {
         self.push(family_index(CF_SESSIONS)?, &keys::session(token_hash), None);
+        Ok(())
+    }
+
+    /// Records `token_hash` as the device's current session, or (`None`)
+    /// that it has none.
+    pub fn set_device_session(
+        &mut self,
+        user_id: UserId,
+        device_id: &str,
+        token_hash: Option<&[u8; 32]>,
+    ) -> StoreResult<()> {
+        let key = keys::device(user_id, device_id);
+        let value = token_hash.map(|hash| Bytes::copy_from_slice(hash));
+        self.push(family_index(CF_DEVICES)?, &key, value);
         Ok(())
     }
 

@@ -189,10 +189,10 @@ const _: () =
 /// Reads of one connection per turn before the others get a go: 4 x 64 KiB
 /// keeps one fast sender from starving a shard's other connections.
 pub const READS_PER_TURN: usize = 4;
-/// History and conversation-list requests one connection may have at the
-/// readers at once. Each answer can be a page as large as the payload limit,
-/// so the connection is not read while it has this many; one more in the
-/// bytes already read is answered `server_busy`.
+/// History, conversation-list and user-lookup requests one connection may
+/// have at the readers at once. Each answer can be a page as large as the
+/// payload limit, so the connection is not read while it has this many; one
+/// more in the bytes already read is answered `server_busy`.
 pub const READS_IN_FLIGHT_MAX: u8 = 4;
 /// Size of each shard's read scratch buffer. Whole frames are parsed from it
 /// in place; a connection keeps only a trailing partial frame of its own.

@@ -614,7 +614,7 @@ fn a_client_that_never_reads_is_not_read_either() {
     raw.expect_pong(0x2000, 77);
 }
 
-/// History and conversation-list requests pipelined past
+/// History, conversation-list and user-lookup requests pipelined past
 /// `READS_IN_FLIGHT_MAX` are answered `server_busy`; answers, errors
 /// included, free their places again.
 #[test]

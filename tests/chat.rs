@@ -670,3 +670,54 @@ fn every_frame_fits_a_small_payload_limit() {
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert!(bob.is_open());
 }
+
+/// `user_lookup` by id and by name, in request order, with presence; keys
+/// that match no user are left out, and more than `QUERY_USERS_MAX` keys
+/// are `too_large`.
+#[test]
+fn user_lookup_finds_users_by_id_and_name_with_presence() {
+    let server = TestServer::start();
+    let (mut alice, _) = server.user("alice", "phone");
+    let (_bob, bob_login) = server.user("bob", "phone");
+    let (carol, carol_login) = server.user("carol", "phone");
+    let found = alice
+        .lookup_users(vec![
+            UserKey::Name("carol".into()),
+            UserKey::Id(bob_login.user_id),
+            UserKey::Name("nobody".into()),
+            UserKey::Id(999_999),
+        ])
+        .expect("lookup");
+    let summary: Vec<(UserId, &str, bool)> = found
+        .iter()
+        .map(|u| (u.user_id, u.username.as_str(), u.online))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (carol_login.user_id, "carol", true),
+            (bob_login.user_id, "bob", true)
+        ]
+    );
+    // Carol goes: offline (once the server has seen the close), with the
+    // time she was last seen.
+    drop(carol);
+    let deadline = std::time::Instant::now() + WAIT;
+    let carol_info = loop {
+        let info = alice
+            .lookup_user_by_id(carol_login.user_id)
+            .expect("lookup")
+            .expect("carol");
+        if !info.online || std::time::Instant::now() > deadline {
+            break info;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!carol_info.online, "{carol_info:?}");
+    assert!(carol_info.last_seen_ms > 0, "{carol_info:?}");
+    let err = alice
+        .lookup_users(vec![UserKey::Id(1); gust::limits::QUERY_USERS_MAX + 1])
+        .expect_err("too many keys");
+    assert_eq!(err.status(), Some(StatusCode::TooLarge));
+    assert!(alice.ping().is_ok(), "too_large is per request");
+}

@@ -49,8 +49,9 @@ pub struct Reply {
 pub enum ShardEvent {
     /// A response or error: always written.
     Frame { conn: ConnRef, frame: Bytes },
-    /// The answer (a page or an error) to a history or conversation-list
-    /// request: written, and the connection's reads in flight counted down.
+    /// The answer (a page, a user list or an error) to a history,
+    /// conversation-list or user-lookup request: written, and the
+    /// connection's reads in flight counted down.
     ReadAnswer { conn: ConnRef, frame: Bytes },
     /// A send's ack, encoded by the shard straight into the connection's
     /// buffer: the storage writer, which every send passes through, does not
@@ -242,9 +243,11 @@ pub enum WriterRequest {
         /// false for `mark_read`: move the cursor, send no receipt.
         receipt: bool,
     },
-    UserLookup {
+    /// Users a reader found for a `user_lookup`, in request order: the
+    /// writer, which routes connections, adds who is online and answers.
+    Presence {
         reply: Reply,
-        users: Vec<UserKey>,
+        users: Vec<(UserId, String)>,
     },
     /// Pin, mute or hide a conversation for this user.
     SetFlag {
@@ -287,6 +290,12 @@ pub enum ReaderJob {
         reply: Reply,
         user_id: UserId,
         list: ConversationList,
+    },
+    /// Finds the users (their store reads stay off the storage writer), then
+    /// hands them to the writer for their presence.
+    UserLookup {
+        reply: Reply,
+        users: Vec<UserKey>,
     },
     Shutdown,
 }

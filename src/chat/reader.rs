@@ -9,12 +9,12 @@
 //! far behind a device is).
 
 use std::collections::HashMap;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 
-use super::{frames, ReaderJob, Reply, ShardEvent, ShardSink};
+use super::{frames, ReaderJob, Reply, ShardEvent, ShardSink, WriterRequest};
 use crate::protocol::body_codec;
 use crate::protocol::*;
 use crate::store::records::ConversationRecordKind;
@@ -51,6 +51,8 @@ impl Default for ReaderConfig {
 pub struct Reader {
     store: Store,
     sink: Arc<dyn ShardSink>,
+    /// For the presence half of a user lookup.
+    writer: Sender<WriterRequest>,
     config: ReaderConfig,
 }
 
@@ -139,10 +141,16 @@ impl From<StoreError> for Refusal {
 }
 
 impl Reader {
-    pub fn new(store: Store, sink: Arc<dyn ShardSink>, config: ReaderConfig) -> Reader {
+    pub fn new(
+        store: Store,
+        sink: Arc<dyn ShardSink>,
+        writer: Sender<WriterRequest>,
+        config: ReaderConfig,
+    ) -> Reader {
         Reader {
             store,
             sink,
+            writer,
             config,
         }
     }
@@ -176,11 +184,14 @@ impl Reader {
     }
 
     pub fn handle(&self, job: ReaderJob) {
-        // History and conversation-list answers, errors included, count the
-        // connection's reads in flight down.
+        // History, conversation-list and user-lookup answers, errors
+        // included, count the connection's reads in flight down (a lookup's
+        // answer comes from the writer).
         let counted = matches!(
             job,
-            ReaderJob::History { .. } | ReaderJob::ConversationList { .. }
+            ReaderJob::History { .. }
+                | ReaderJob::ConversationList { .. }
+                | ReaderJob::UserLookup { .. }
         );
         let (reply, result) = match job {
             ReaderJob::Sync {
@@ -203,6 +214,7 @@ impl Reader {
                 user_id,
                 list,
             } => (reply, self.conversation_list(reply, user_id, list)),
+            ReaderJob::UserLookup { reply, users } => (reply, self.user_lookup(reply, users)),
             ReaderJob::Shutdown => return,
         };
         if let Err(refusal) = result {
@@ -499,6 +511,31 @@ impl Reader {
             frame: frames::encode(reply.request_id, &Body::ConversationListPage(page)),
         }]);
         Ok(())
+    }
+
+    /// Finds each key's user (ids and names that match none are left out)
+    /// and hands them to the writer, which adds their presence and answers.
+    fn user_lookup(&self, reply: Reply, keys: Vec<UserKey>) -> Result<(), Refusal> {
+        if keys.len() > crate::limits::QUERY_USERS_MAX {
+            return Err(Refusal::Status(
+                StatusCode::TooLarge,
+                "too many users in one lookup",
+            ));
+        }
+        let mut users = Vec::with_capacity(keys.len());
+        for key in keys {
+            let user_id = match key {
+                UserKey::Id(id) => Some(id),
+                UserKey::Name(name) => self.store.user_id_by_name(&name)?,
+            };
+            let Some(user_id) = user_id else { continue };
+            if let Some(record) = self.store.user(user_id)? {
+                users.push((user_id, record.username));
+            }
+        }
+        self.writer
+            .send(WriterRequest::Presence { reply, users })
+            .map_err(|_| Refusal::Status(StatusCode::ServerBusy, "server is shutting down"))
     }
 
     /// The first seq whose server time is >= `time`, or `last_seq + 1`. Times

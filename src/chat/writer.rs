@@ -626,9 +626,7 @@ impl Writer {
                 }
                 (reply, result)
             }
-            WriterRequest::UserLookup { reply, users } => {
-                (reply, self.user_lookup(cycle, reply, users))
-            }
+            WriterRequest::Presence { reply, users } => (reply, self.presence(cycle, reply, users)),
             WriterRequest::SetFlag {
                 reply,
                 user_id,
@@ -936,36 +934,24 @@ impl Writer {
         }
     }
 
-    fn user_lookup(
+    /// Answers a `user_lookup` whose users a reader found: who is online,
+    /// from the routing table, which only this thread holds.
+    fn presence(
         &mut self,
         cycle: &mut Cycle,
         reply: Reply,
-        keys: Vec<UserKey>,
+        found: Vec<(UserId, String)>,
     ) -> Result<(), Refusal> {
-        if keys.len() > crate::limits::QUERY_USERS_MAX {
-            return Err(Refusal(
-                StatusCode::TooLarge,
-                "too many users in one lookup",
-            ));
-        }
-        let mut users = Vec::with_capacity(keys.len());
-        for key in keys {
-            let user_id = match key {
-                UserKey::Id(id) => Some(id),
-                UserKey::Name(name) => self.store.user_id_by_name(&name)?,
-            };
-            let Some(user_id) = user_id else { continue };
-            let Some(record) = self.store.user(user_id)? else {
-                continue;
-            };
-            users.push(UserInfo {
+        let users = found
+            .into_iter()
+            .map(|(user_id, username)| UserInfo {
                 user_id,
-                username: record.username,
+                username,
                 online: self.online.contains_key(&user_id),
                 last_seen_ms: self.last_seen_ms.get(&user_id).copied().unwrap_or(0),
-            });
-        }
-        cycle.immediate.push(ShardEvent::Frame {
+            })
+            .collect();
+        cycle.immediate.push(ShardEvent::ReadAnswer {
             conn: reply.conn,
             frame: frames::encode(reply.request_id, &Body::UserList(UserList { users })),
         });

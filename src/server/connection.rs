@@ -72,8 +72,8 @@ pub struct Connection {
     pub behind: Option<Box<Vec<(ConversationId, Seq)>>>,
     /// Already in the shard's flush list this turn.
     pub flush_queued: bool,
-    /// History and conversation-list requests queued to the readers and not
-    /// yet answered (at most `limits::READS_IN_FLIGHT_MAX`).
+    /// History, conversation-list and user-lookup requests queued to the
+    /// readers and not yet answered (at most `limits::READS_IN_FLIGHT_MAX`).
     pub reads_in_flight: u8,
     /// Not read while `out` is over its bound or its reads in flight are at
     /// their limit, so that a client that never reads its answers cannot

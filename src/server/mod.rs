@@ -107,6 +107,7 @@ impl Server {
         let reader = Arc::new(Reader::new(
             store.clone(),
             sink.clone(),
+            writer_tx.clone(),
             config.reader.clone(),
         ));
         let readers = reader.spawn(config.readers, readers_rx);

@@ -963,9 +963,9 @@ impl Shard {
             Body::Logout(_) => {
                 self.queue_to_writer(reply, WriterRequest::Logout { reply, user_id })
             }
-            Body::UserLookup(lookup) => self.queue_to_writer(
+            Body::UserLookup(lookup) => self.queue_read(
                 reply,
-                WriterRequest::UserLookup {
+                ReaderJob::UserLookup {
                     reply,
                     users: lookup.users,
                 },
@@ -1073,7 +1073,7 @@ impl Shard {
         }
     }
 
-    /// A history or conversation-list request, counted against the
+    /// A history, conversation-list or user-lookup request, counted against the
     /// connection's reads in flight (`ShardEvent::ReadAnswer` counts it down).
     fn queue_read(&mut self, reply: Reply, job: ReaderJob) {
         let token = reply.conn.token;

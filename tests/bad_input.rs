@@ -139,6 +139,11 @@ fn the_first_frame_must_be_hello() {
         }),
     );
     raw.expect_error(3, StatusCode::BadFrame, true);
+    // Request id 0 is the server's, for pushes: final, first frame or later.
+    let mut raw = Raw::connect(&server);
+    raw.hello();
+    raw.send(0, &Body::Ping(Ping { nonce: 1 }));
+    raw.expect_error(0, StatusCode::BadFrame, true);
 }
 
 #[test]

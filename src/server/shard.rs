@@ -718,6 +718,13 @@ impl Shard {
         if stage == Stage::AwaitHello && header.command != Command::Hello as u16 {
             return Flow::Fatal(StatusCode::BadFrame, "the first frame must be hello".into());
         }
+        // Id 0 marks pushes: an answer to it could not be told from one.
+        if request_id == 0 {
+            return Flow::Fatal(
+                StatusCode::BadFrame,
+                "request id 0 is for the server's pushes; requests use a nonzero id".into(),
+            );
+        }
         let Some(command) = Command::from_u16(header.command) else {
             self.error(
                 token,

@@ -13,6 +13,7 @@ use common::*;
 use gust::protocol::cipher::NoCipher;
 use gust::protocol::frame;
 use gust::protocol::*;
+use gust::store::records::{DeviceSession, SessionRecord};
 
 /// A raw socket that speaks frames by hand.
 struct Raw {
@@ -573,14 +574,18 @@ fn a_client_that_never_reads_is_not_read_either() {
     let frame_len = ping(0).len();
     let chunk: Vec<u8> = (0..4096u64).flat_map(ping).collect();
     assert_eq!(chunk.len(), 4096 * frame_len);
-    // Without the bound the server reads as fast as it answers, and 64 MiB
-    // of pings (85 MiB of pongs) go in without blocking.
-    const UNBOUNDED: usize = 64 << 20;
+    // With the bound, what goes in before the writes block is the two
+    // sockets' buffers (at most this host's TCP maxima) and what the server
+    // read before it stopped. Without it the server reads as fast as it
+    // answers, and four times that goes in without blocking.
+    let buffers = tcp_buffer_max("tcp_rmem") + tcp_buffer_max("tcp_wmem");
+    let bounded = buffers + (8 << 20);
+    let unbounded = 4 * bounded;
     raw.stream
         .set_write_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
     let mut written = 0usize;
-    while written < UNBOUNDED {
+    while written < unbounded {
         let at = written % chunk.len();
         match raw.stream.write(&chunk[at..]) {
             Ok(n) => written += n,
@@ -596,8 +601,8 @@ fn a_client_that_never_reads_is_not_read_either() {
         }
     }
     assert!(
-        written < UNBOUNDED / 4,
-        "{written} bytes of pings taken from a client that reads nothing"
+        written < bounded,
+        "{written} bytes of pings taken from a client that reads nothing (bound {bounded})"
     );
     // Now read: every whole ping is answered, in order; the server reads on
     // as its answers leave.
@@ -782,6 +787,49 @@ fn a_new_login_on_a_device_revokes_its_previous_token() {
         .is_some());
     assert_eq!(
         store.device_session(user_id, "phone").expect("read"),
-        Some(hash(&relogin.session_token))
+        Some(DeviceSession::Current(hash(&relogin.session_token)))
     );
+
+    // Sessions from before devices recorded theirs (written here as a store
+    // of that time held them): the first to resume becomes the device's,
+    // the others go stale, and after a logout none resumes.
+    let legacy = [[0x11u8; 32], [0x22u8; 32]];
+    let mut batch = store.batch();
+    for token in &legacy {
+        let record = SessionRecord {
+            user_id,
+            device_id: "laptop".into(),
+            created_ms: 1,
+        };
+        batch.put_session(&hash(token), &record).expect("put");
+    }
+    store.commit(batch).expect("commit");
+    drop(store);
+    server.restart();
+    let mut laptop = server.connect();
+    laptop
+        .resume(&legacy[0], "laptop")
+        .expect("an unrecorded device's session resumes");
+    let stale = server
+        .connect()
+        .resume(&legacy[1], "laptop")
+        .expect_err("another session of the device, now stale");
+    assert_eq!(stale.status(), Some(StatusCode::Unauthorized));
+    laptop.logout().expect("logout");
+    for token in &legacy {
+        let err = server
+            .connect()
+            .resume(token, "laptop")
+            .expect_err("the device logged out");
+        assert_eq!(err.status(), Some(StatusCode::Unauthorized));
+    }
+}
+
+/// The largest buffer the kernel gives a TCP socket here
+/// (`/proc/sys/net/ipv4/tcp_rmem` or `tcp_wmem`, third field).
+fn tcp_buffer_max(name: &str) -> usize {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(32 << 20)
 }

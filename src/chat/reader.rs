@@ -9,6 +9,7 @@
 //! far behind a device is).
 
 use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -183,68 +184,78 @@ impl Reader {
             .collect()
     }
 
+    /// Runs one job and posts its answer. A job that fails, panics included,
+    /// is answered with an error, so that its connection's count of reads in
+    /// flight comes down and a failed sync stops holding the pushes.
     pub fn handle(&self, job: ReaderJob) {
+        let reply = match &job {
+            ReaderJob::Sync { reply, .. }
+            | ReaderJob::History { reply, .. }
+            | ReaderJob::ConversationList { reply, .. }
+            | ReaderJob::UserLookup { reply, .. } => *reply,
+            ReaderJob::Shutdown => return,
+        };
         // History, conversation-list and user-lookup answers, errors
         // included, count the connection's reads in flight down (a lookup's
         // answer comes from the writer).
-        let counted = matches!(
-            job,
-            ReaderJob::History { .. }
-                | ReaderJob::ConversationList { .. }
-                | ReaderJob::UserLookup { .. }
+        let counted = !matches!(job, ReaderJob::Sync { .. });
+        let result = catch_unwind(AssertUnwindSafe(|| self.run(job))).unwrap_or_else(|_| {
+            log::error!("a read panicked; answered internal");
+            Err(Refusal::Status(StatusCode::Internal, "the read failed"))
+        });
+        let Err(refusal) = result else {
+            return;
+        };
+        let (code, message) = match refusal {
+            Refusal::Status(code, message) => (code, message),
+            Refusal::Store(e) => {
+                log::error!("store read failed: {e}");
+                (StatusCode::StorageUnavailable, "store unavailable")
+            }
+        };
+        let (conn, frame) = (
+            reply.conn,
+            frames::error(reply.request_id, code, message, false),
         );
-        let (reply, result) = match job {
+        let events = if counted {
+            vec![ShardEvent::ReadAnswer { conn, frame }]
+        } else {
+            // A sync that failed still ends, so the shard stops holding pushes.
+            vec![
+                ShardEvent::Frame { conn, frame },
+                ShardEvent::SyncDone {
+                    conn,
+                    request_id: reply.request_id,
+                    cursors: Vec::new(),
+                    more: false,
+                    failed: true,
+                },
+            ]
+        };
+        self.sink.post(events);
+    }
+
+    fn run(&self, job: ReaderJob) -> Result<(), Refusal> {
+        match job {
             ReaderJob::Sync {
                 reply,
                 user_id,
                 cursors,
                 only_listed,
                 page_messages_max,
-            } => (
-                reply,
-                self.sync(reply, user_id, cursors, only_listed, page_messages_max),
-            ),
+            } => self.sync(reply, user_id, cursors, only_listed, page_messages_max),
             ReaderJob::History {
                 reply,
                 user_id,
                 history,
-            } => (reply, self.history(reply, user_id, history)),
+            } => self.history(reply, user_id, history),
             ReaderJob::ConversationList {
                 reply,
                 user_id,
                 list,
-            } => (reply, self.conversation_list(reply, user_id, list)),
-            ReaderJob::UserLookup { reply, users } => (reply, self.user_lookup(reply, users)),
-            ReaderJob::Shutdown => return,
-        };
-        if let Err(refusal) = result {
-            let (code, message) = match refusal {
-                Refusal::Status(code, message) => (code, message),
-                Refusal::Store(e) => {
-                    log::error!("store read failed: {e}");
-                    (StatusCode::StorageUnavailable, "store unavailable")
-                }
-            };
-            let (conn, frame) = (
-                reply.conn,
-                frames::error(reply.request_id, code, message, false),
-            );
-            let answer = match counted {
-                true => ShardEvent::ReadAnswer { conn, frame },
-                false => ShardEvent::Frame { conn, frame },
-            };
-            let mut events = vec![answer];
-            if matches!(code, StatusCode::StorageUnavailable) {
-                // A sync that failed still ends, so the shard stops holding pushes.
-                events.push(ShardEvent::SyncDone {
-                    conn: reply.conn,
-                    request_id: reply.request_id,
-                    cursors: Vec::new(),
-                    more: false,
-                    failed: true,
-                });
-            }
-            self.sink.post(events);
+            } => self.conversation_list(reply, user_id, list),
+            ReaderJob::UserLookup { reply, users } => self.user_lookup(reply, users),
+            ReaderJob::Shutdown => Ok(()),
         }
     }
 

@@ -102,14 +102,14 @@ struct Cycle {
     dirty_members: HashSet<(UserId, ConversationId)>,
     sends: HashMap<(UserId, u64), SendAck>,
     usernames: HashSet<String>,
-    /// Devices whose current session it sets (`None`: logged out).
+    /// Devices whose session it sets.
     device_sessions: DeviceSessions,
     routes_added: Vec<(UserId, ConnRef)>,
     counters_dirty: bool,
 }
 
-/// (user, device id) -> the current session's token hash, as a cycle sets it.
-type DeviceSessions = HashMap<(UserId, String), Option<[u8; 32]>>;
+/// (user, device id) -> its session, as a cycle sets it.
+type DeviceSessions = HashMap<(UserId, String), DeviceSession>;
 
 #[derive(Default)]
 struct CycleSizes {
@@ -748,7 +748,9 @@ impl Writer {
         let hash = token_hash(&token);
         // One session per device: the token of its last login stops working
         // (and its record goes) when a new one is issued.
-        if let Some(previous) = self.device_session(cycle, user_id, &device_id)? {
+        if let Some(DeviceSession::Current(previous)) =
+            self.device_session(cycle, user_id, &device_id)?
+        {
             if previous != hash {
                 cycle.batch.delete_session(&previous)?;
             }
@@ -761,7 +763,7 @@ impl Writer {
                 created_ms: now_ms(),
             },
         )?;
-        Self::set_device_session(cycle, user_id, &device_id, Some(hash))?;
+        Self::set_device_session(cycle, user_id, &device_id, DeviceSession::Current(hash))?;
         self.authenticate(
             cycle,
             reply,
@@ -791,12 +793,18 @@ impl Writer {
             return Err(INVALID);
         }
         match self.device_session(cycle, session.user_id, &device_id)? {
-            // The device logged in again since: this token was revoked.
-            Some(current) if current != hash => return Err(INVALID),
-            Some(_) => {}
+            Some(DeviceSession::Current(current)) if current == hash => {}
+            // The device logged in again since, or logged out (perhaps in a
+            // batch not written yet, while this record still reads back).
+            Some(_) => return Err(INVALID),
             // A session from before devices recorded theirs: it becomes the
             // device's session, and any other of the device's goes stale.
-            None => Self::set_device_session(cycle, session.user_id, &device_id, Some(hash))?,
+            None => Self::set_device_session(
+                cycle,
+                session.user_id,
+                &device_id,
+                DeviceSession::Current(hash),
+            )?,
         }
         let user = self.store.user(session.user_id)?.ok_or(INVALID)?;
         self.authenticate(
@@ -876,9 +884,14 @@ impl Writer {
             .and_then(|devices| devices.iter().find(|d| d.conn == reply.conn))
             .cloned()
             .ok_or(Refusal(StatusCode::Unauthenticated, "not logged in"))?;
+        // Read before anything is written: a failed read refuses the logout
+        // whole.
+        let current = self.device_session(cycle, user_id, &device.device_id)?;
         cycle.batch.delete_session(&device.token_hash)?;
-        if self.device_session(cycle, user_id, &device.device_id)? == Some(device.token_hash) {
-            Self::set_device_session(cycle, user_id, &device.device_id, None)?;
+        // Logged out, not unrecorded: older tokens of the device, from before
+        // devices recorded their sessions, must not resume either.
+        if !matches!(current, Some(DeviceSession::Current(newer)) if newer != device.token_hash) {
+            Self::set_device_session(cycle, user_id, &device.device_id, DeviceSession::LoggedOut)?;
         }
         self.remove_route(user_id, reply.conn);
         cycle.after_commit.push(ShardEvent::Unauthenticated {
@@ -889,14 +902,14 @@ impl Writer {
         Ok(())
     }
 
-    /// The device's current session: as the open cycle sets it, else the
-    /// batch in flight, else the store.
+    /// The device's session: as the open cycle sets it, else the batch in
+    /// flight, else the store; `None` if it has no record.
     fn device_session(
         &self,
         cycle: &Cycle,
         user_id: UserId,
         device_id: &str,
-    ) -> Result<Option<[u8; 32]>, Refusal> {
+    ) -> Result<Option<DeviceSession>, Refusal> {
         let key = (user_id, device_id.to_string());
         let pending = cycle.device_sessions.get(&key).or_else(|| {
             self.in_flight
@@ -904,7 +917,7 @@ impl Writer {
                 .and_then(|f| f.device_sessions.get(&key))
         });
         match pending {
-            Some(hash) => Ok(*hash),
+            Some(session) => Ok(Some(*session)),
             None => Ok(self.store.device_session(user_id, device_id)?),
         }
     }
@@ -913,14 +926,14 @@ impl Writer {
         cycle: &mut Cycle,
         user_id: UserId,
         device_id: &str,
-        hash: Option<[u8; 32]>,
+        session: DeviceSession,
     ) -> Result<(), Refusal> {
         cycle
             .batch
-            .set_device_session(user_id, device_id, hash.as_ref())?;
+            .set_device_session(user_id, device_id, session)?;
         cycle
             .device_sessions
-            .insert((user_id, device_id.to_string()), hash);
+            .insert((user_id, device_id.to_string()), session);
         Ok(())
     }
 

@@ -80,6 +80,9 @@ pub struct Connection {
     /// make the server queue more. Epoll is edge-triggered: resuming reads
     /// the socket once by hand.
     pub reading_paused: bool,
+    /// The peer closed its side while reading was paused: epoll said so
+    /// once, so the resumed read goes on to the end of the stream.
+    pub read_closed: bool,
 }
 
 impl Connection {
@@ -99,6 +102,7 @@ impl Connection {
             flush_queued: false,
             reads_in_flight: 0,
             reading_paused: false,
+            read_closed: false,
         }
     }
 

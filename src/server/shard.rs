@@ -544,6 +544,7 @@ impl Shard {
 
     fn read_into(&mut self, token: u64, scratch: &mut [u8], until_eof: bool) {
         let queue_max = self.shared.config.send_queue_bytes_max;
+        let until_eof = until_eof || self.connection(token).is_some_and(|c| c.read_closed);
         for _ in 0..limits::READS_PER_TURN {
             let Some(connection) = self.connection(token) else {
                 return;
@@ -554,6 +555,7 @@ impl Shard {
             if answers_pile_up(connection, queue_max) {
                 // `resume_reading` reads on once they have gone out.
                 connection.reading_paused = true;
+                connection.read_closed |= until_eof;
                 return;
             }
             let read = match connection.socket.read(scratch) {

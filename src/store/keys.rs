@@ -60,8 +60,9 @@ pub fn session(token_hash: &[u8; 32]) -> [u8; 32] {
 }
 
 /// Column family `devices`: (user, device id) -> the SHA-256 of that
-/// device's current session token (32 bytes), so that a new login on the
-/// device revokes the token before it.
+/// device's current session token (32 bytes), or nothing once it logged out
+/// (`records::DeviceSession`), so that a new login on the device revokes the
+/// token before it.
 pub fn device(user_id: UserId, device_id: &str) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + device_id.len());
     key.extend_from_slice(&user_id.to_be_bytes());

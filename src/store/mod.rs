@@ -472,19 +472,20 @@ impl Store {
         self.read(CF_SESSIONS, &keys::session(token_hash))
     }
 
-    /// The SHA-256 of the device's current session token, if it has one.
+    /// The device's session as recorded; `None` if it has no record.
     pub fn device_session(
         &self,
         user_id: UserId,
         device_id: &str,
-    ) -> StoreResult<Option<[u8; 32]>> {
+    ) -> StoreResult<Option<DeviceSession>> {
         let key = keys::device(user_id, device_id);
         match self.db.get_cf(self.family(CF_DEVICES)?, &key)? {
             None => Ok(None),
+            Some(value) if value.is_empty() => Ok(Some(DeviceSession::LoggedOut)),
             Some(value) => value
                 .as_slice()
                 .try_into()
-                .map(Some)
+                .map(|hash| Some(DeviceSession::Current(hash)))
                 .map_err(|_| StoreError::Corrupt {
                     family: CF_DEVICES,
                     detail: format!("a value of {} bytes, not a token hash", value.len()),
@@ -1032,18 +1033,18 @@ impl Batch {
         Ok(())
     }
 
-    /// Records `token_hash` as the device's current session, or (`None`)
-    /// that it has none.
     pub fn set_device_session(
         &mut self,
         user_id: UserId,
         device_id: &str,
-        token_hash: Option<&[u8; 32]>,
+        session: DeviceSession,
     ) -> StoreResult<()> {
         let key = keys::device(user_id, device_id);
-        let value = token_hash.map(|hash| Bytes::copy_from_slice(hash));
-        self.push(family_index(CF_DEVICES)?, &key, value);
-        Ok(())
+        let value = match session {
+            DeviceSession::Current(hash) => Bytes::copy_from_slice(&hash),
+            DeviceSession::LoggedOut => Bytes::new(),
+        };
+        self.put(CF_DEVICES, &key, value)
     }
 
     pub fn put_dedupe(

@@ -20,6 +20,16 @@ pub struct SessionRecord {
     pub created_ms: u64,
 }
 
+/// A device's session as the `devices` family records it. Stored as the
+/// token's SHA-256 (32 bytes), or nothing (0 bytes) once the device logged
+/// out: a device with no record at all has sessions older than the family,
+/// and the first of them to resume becomes its current one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSession {
+    Current([u8; 32]),
+    LoggedOut,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConversationRecord {
     pub kind: ConversationRecordKind,

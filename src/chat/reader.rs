@@ -76,10 +76,8 @@ impl Page {
         self.count += 1;
     }
 
-    /// Whether `stored` would take a page that already has items past
-    /// `items_bytes_max`. An empty page takes any one message.
     fn would_overflow(&self, stored: &[u8], items_bytes_max: usize) -> bool {
-        self.count > 0 && self.items.len() + stored.len() > items_bytes_max
+        overflows(self.count, self.items.len(), stored.len(), items_bytes_max)
     }
 
     /// The payload: a length prefix, then the messages, then `trailer`.
@@ -92,6 +90,12 @@ impl Page {
         }
         Ok(out)
     }
+}
+
+/// Whether an item of `len` bytes would take a page of `count` items and
+/// `used` bytes past `items_bytes_max`. An empty page takes any one item.
+fn overflows(count: usize, used: usize, len: usize, items_bytes_max: usize) -> bool {
+    count > 0 && used + len > items_bytes_max
 }
 
 /// The pages one sync job has written, and the one it is filling.
@@ -389,18 +393,22 @@ impl Reader {
                 self.first_seq_at_or_after(conversation_id, last_seq, time)?,
             ),
         };
-        let mut stored: Vec<Bytes> = Vec::with_capacity(limit + 1);
+        let mut stored: Vec<Bytes> = Vec::with_capacity(limit);
         let mut stored_bytes = 0usize;
-        // One past the page (by count or by bytes) tells that there is more.
+        let mut more = false;
+        // A message past the page, by count or by bytes, tells that there is
+        // more.
         let mut collect = |_: Seq, bytes: &[u8]| {
-            let overflows =
-                !stored.is_empty() && stored_bytes + bytes.len() > self.config.page_items_bytes_max;
-            stored_bytes += bytes.len();
-            stored.push(Bytes::copy_from_slice(bytes));
-            if overflows {
+            let items_bytes_max = self.config.page_items_bytes_max;
+            if stored.len() == limit
+                || overflows(stored.len(), stored_bytes, bytes.len(), items_bytes_max)
+            {
+                more = true;
                 return false;
             }
-            stored.len() <= limit
+            stored_bytes += bytes.len();
+            stored.push(Bytes::copy_from_slice(bytes));
+            true
         };
         if forward {
             self.store.scan_messages(
@@ -413,17 +421,6 @@ impl Reader {
             self.store
                 .scan_messages_back(conversation_id, 1, bound - 1, &mut collect)?;
         }
-        let mut page_len = 0;
-        let mut page_bytes = 0usize;
-        for bytes in stored.iter().take(limit) {
-            if page_len > 0 && page_bytes + bytes.len() > self.config.page_items_bytes_max {
-                break;
-            }
-            page_bytes += bytes.len();
-            page_len += 1;
-        }
-        let more = stored.len() > page_len;
-        stored.truncate(page_len);
         if !forward {
             stored.reverse();
         }
@@ -502,9 +499,12 @@ impl Reader {
                     ));
                 }
             };
-            if !conversations.is_empty()
-                && items_bytes + summary_bytes > self.config.page_items_bytes_max
-            {
+            if overflows(
+                conversations.len(),
+                items_bytes,
+                summary_bytes,
+                self.config.page_items_bytes_max,
+            ) {
                 more = true;
                 break;
             }

@@ -1094,25 +1094,22 @@ impl Shard {
                 token,
                 reply.request_id,
                 StatusCode::ServerBusy,
-                "too many history and conversation-list requests in flight",
+                "too many history, conversation-list and user-lookup requests in flight",
             );
         }
         connection.reads_in_flight += 1;
-        if self.shared.readers.send(job).is_err() {
+        if !self.queue_to_readers(reply, job) {
             if let Some(connection) = self.connection(token) {
                 connection.reads_in_flight -= 1;
             }
-            self.error(
-                token,
-                reply.request_id,
-                StatusCode::ServerBusy,
-                "server is shutting down",
-            );
         }
     }
 
-    fn queue_to_readers(&mut self, reply: Reply, job: ReaderJob) {
-        if self.shared.readers.send(job).is_err() {
+    /// False (and the request answered `server_busy`) once the readers
+    /// have stopped.
+    fn queue_to_readers(&mut self, reply: Reply, job: ReaderJob) -> bool {
+        let sent = self.shared.readers.send(job).is_ok();
+        if !sent {
             self.error(
                 reply.conn.token,
                 reply.request_id,
@@ -1120,6 +1117,7 @@ impl Shard {
                 "server is shutting down",
             );
         }
+        sent
     }
 
     fn queue_to_hashers(&mut self, reply: Reply, job: HashJob) {
